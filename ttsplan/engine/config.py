@@ -1,0 +1,63 @@
+"""ModelConfig: the few numbers of a Llama/Qwen2 checkpoint the engine needs, read from config.json."""
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from ttsplan.errors import TTSPlanError
+
+SUPPORTED = ("llama", "qwen2", "mistral")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    model_type: str
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    rope_theta: float
+    rms_norm_eps: float
+    tie_word_embeddings: bool
+    attention_bias: bool
+    max_position_embeddings: int
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelConfig":
+        model_type = d.get("model_type", "")
+        if model_type not in SUPPORTED:
+            raise TTSPlanError(f"model type '{model_type}' is not supported: the engine runs {', '.join(SUPPORTED)}")
+        rope = d.get("rope_parameters") or d.get("rope_scaling") or {}
+        if rope.get("rope_type", rope.get("type", "default")) != "default":
+            raise TTSPlanError(f"rope scaling '{rope.get('rope_type', rope.get('type'))}' is not supported")
+        heads = d["num_attention_heads"]
+        return cls(
+            model_type=model_type,
+            vocab_size=d["vocab_size"],
+            hidden_size=d["hidden_size"],
+            intermediate_size=d["intermediate_size"],
+            num_layers=d["num_hidden_layers"],
+            num_heads=heads,
+            num_kv_heads=d.get("num_key_value_heads") or heads,
+            head_dim=d.get("head_dim") or d["hidden_size"] // heads,
+            rope_theta=float(rope.get("rope_theta", d.get("rope_theta", 10000.0))),
+            rms_norm_eps=d.get("rms_norm_eps", 1e-6),
+            tie_word_embeddings=bool(d.get("tie_word_embeddings", False)),
+            attention_bias=model_type == "qwen2" or bool(d.get("attention_bias", False)),
+            max_position_embeddings=d.get("max_position_embeddings", 4096),
+        )
+
+    @classmethod
+    def load(cls, model_dir: Path) -> "ModelConfig":
+        try:
+            return cls.from_dict(json.loads((Path(model_dir) / "config.json").read_text()))
+        except (OSError, json.JSONDecodeError, KeyError) as e:
+            raise TTSPlanError(f"cannot read a model config in {model_dir}: {e}") from e
+
+    def weight_bytes(self, dtype_bytes: int) -> int:
+        """Bytes of weights read per decode step (embedding rows are gathered, not read whole)."""
+        e, f, h, kv, d = self.hidden_size, self.intermediate_size, self.num_heads, self.num_kv_heads, self.head_dim
+        per_layer = e * (h + 2 * kv) * d + h * d * e + 3 * e * f + 2 * e
+        return dtype_bytes * (self.num_layers * per_layer + self.vocab_size * e + e)

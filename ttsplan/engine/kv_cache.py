@@ -1,0 +1,87 @@
+"""The two-level KV cache: the prompt's KV stored once, each branch's own tokens in its own row.
+
+  prefix_k/v[layer]  [Hkv, Lp, D]        written once by prefill, shared by every branch
+  suffix_k/v[layer]  [B, Hkv, S, D]      row b holds branch b's generated tokens
+  lens               [B]                 committed tokens per row
+
+Rows 0..live-1 are the live branches; a finished branch is compacted out so that decode
+always reads a contiguous batch.  Speculative decoding writes q tokens past lens and then
+commits only the accepted ones (`lens[b] += accepted[b]`): rejected KV is simply ignored.
+"""
+from dataclasses import dataclass
+
+import psutil
+import torch
+
+from ttsplan.engine.config import ModelConfig
+from ttsplan.errors import TTSPlanError
+
+
+def free_memory_bytes(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    return psutil.virtual_memory().available
+
+
+def kv_cache_bytes(cfg: ModelConfig, prefix_len: int, branches: int, suffix_capacity: int, dtype: torch.dtype) -> int:
+    per_token = 2 * cfg.num_layers * cfg.num_kv_heads * cfg.head_dim * torch.finfo(dtype).bits // 8
+    return per_token * (prefix_len + branches * suffix_capacity)
+
+
+@dataclass
+class KVCache:
+    prefix_k: list[torch.Tensor]
+    prefix_v: list[torch.Tensor]
+    suffix_k: list[torch.Tensor]
+    suffix_v: list[torch.Tensor]
+    lens: torch.Tensor
+    live: int
+
+    @property
+    def prefix_len(self) -> int:
+        return self.prefix_k[0].shape[1]
+
+    @property
+    def capacity(self) -> int:
+        return self.suffix_k[0].shape[2]
+
+    @classmethod
+    def allocate(cls, cfg: ModelConfig, prefix_len: int, branches: int, suffix_capacity: int,
+                 dtype: torch.dtype, device: torch.device) -> "KVCache":
+        """Allocate, after checking the whole cache fits in free memory (refused before any allocation)."""
+        need = kv_cache_bytes(cfg, prefix_len, branches, suffix_capacity, dtype)
+        free = free_memory_bytes(device)
+        if need > 0.9 * free:
+            raise TTSPlanError(
+                f"KV cache for {branches} branches x {suffix_capacity} new tokens on a {prefix_len}-token prompt "
+                f"needs {need / 2**30:.2f} GiB but only {free / 2**30:.2f} GiB is free on {device}: "
+                "use fewer branches or fewer new tokens")
+        hkv, d, L = cfg.num_kv_heads, cfg.head_dim, cfg.num_layers
+
+        def zeros(*shape):
+            return [torch.zeros(*shape, dtype=dtype, device=device) for _ in range(L)]
+
+        return cls(zeros(hkv, prefix_len, d), zeros(hkv, prefix_len, d),
+                   zeros(branches, hkv, suffix_capacity, d), zeros(branches, hkv, suffix_capacity, d),
+                   torch.zeros(branches, dtype=torch.long, device=device), branches)
+
+    def write_suffix(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Write k, v [B, Hkv, q, D] of the live rows at positions lens[b] .. lens[b]+q-1 (not yet committed)."""
+        B, _, nq, _ = k.shape
+        pos = self.lens[:B].view(B, 1) + torch.arange(nq, device=k.device).view(1, nq)
+        if int(pos.max()) >= self.capacity:
+            raise TTSPlanError(f"a branch outgrew its KV capacity of {self.capacity} tokens")
+        rows = torch.arange(B, device=k.device).view(B, 1)
+        self.suffix_k[layer][rows, :, pos] = k.transpose(1, 2)
+        self.suffix_v[layer][rows, :, pos] = v.transpose(1, 2)
+
+    def keep_rows(self, keep: list[int]) -> None:
+        """Compact: the live rows become `keep` (indices of current live rows), in that order."""
+        if keep == list(range(self.live)):
+            return
+        idx = torch.tensor(keep, dtype=torch.long, device=self.lens.device)
+        n = len(keep)
+        for buf in (*self.suffix_k, *self.suffix_v):
+            buf[:n] = buf[idx]
+        self.lens[:n] = self.lens[idx].clone()
+        self.live = n

@@ -1,0 +1,148 @@
+"""Transformer: the Llama/Qwen2 forward pass (RMSNorm, RoPE, GQA, SwiGLU, tied or untied head).
+
+Two entry points share one layer body:
+  prefill(tokens, cache)  causal attention over the prompt, whose KV becomes the shared prefix;
+  decode(tokens, cache)   q new tokens for each live branch, attention through relay attention.
+"""
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+
+from ttsplan.engine.config import ModelConfig
+from ttsplan.engine.kv_cache import KVCache
+from ttsplan.errors import TTSPlanError
+from ttsplan.kernels import relay_attention
+
+
+@dataclass
+class Layer:
+    attn_norm: torch.Tensor
+    wqkv: torch.Tensor            # [(H + 2 Hkv) D, E]: q, k, v projections fused into one GEMM
+    bqkv: torch.Tensor | None
+    wo: torch.Tensor
+    mlp_norm: torch.Tensor
+    w_gate_up: torch.Tensor       # [2F, E]: gate and up fused
+    w_down: torch.Tensor
+
+
+def load_state_dict(model_dir: Path) -> dict[str, torch.Tensor]:
+    index = model_dir / "model.safetensors.index.json"
+    files = sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.exists() else ["model.safetensors"]
+    state = {}
+    for f in files:
+        state.update(load_file(str(model_dir / f)))
+    return state
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    xf = x.float()
+    return weight * (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+class Transformer:
+    def __init__(self, cfg: ModelConfig, state: dict[str, torch.Tensor], device: torch.device, dtype: torch.dtype):
+        self.cfg, self.device, self.dtype = cfg, torch.device(device), dtype
+
+        def w(name: str) -> torch.Tensor:
+            if name not in state:
+                raise TTSPlanError(f"weight '{name}' missing from the checkpoint")
+            return state[name].to(device=self.device, dtype=dtype)
+
+        self.embed = w("model.embed_tokens.weight")
+        self.norm = w("model.norm.weight")
+        self.lm_head = self.embed if cfg.tie_word_embeddings or "lm_head.weight" not in state else w("lm_head.weight")
+        self.layers = []
+        for i in range(cfg.num_layers):
+            p = f"model.layers.{i}."
+            a = p + "self_attn."
+            self.layers.append(Layer(
+                attn_norm=w(p + "input_layernorm.weight"),
+                wqkv=torch.cat([w(a + "q_proj.weight"), w(a + "k_proj.weight"), w(a + "v_proj.weight")]),
+                bqkv=torch.cat([w(a + "q_proj.bias"), w(a + "k_proj.bias"), w(a + "v_proj.bias")]) if cfg.attention_bias else None,
+                wo=w(a + "o_proj.weight"),
+                mlp_norm=w(p + "post_attention_layernorm.weight"),
+                w_gate_up=torch.cat([w(p + "mlp.gate_proj.weight"), w(p + "mlp.up_proj.weight")]),
+                w_down=w(p + "mlp.down_proj.weight"),
+            ))
+        inv_freq = 1.0 / (cfg.rope_theta ** (torch.arange(0, cfg.head_dim, 2, dtype=torch.float64) / cfg.head_dim))
+        self.inv_freq = inv_freq.float().to(self.device)
+        self.scale = cfg.head_dim ** -0.5
+
+    @classmethod
+    def load(cls, model_dir: Path, device="cpu", dtype=torch.float32) -> "Transformer":
+        model_dir = Path(model_dir)
+        return cls(ModelConfig.load(model_dir), load_state_dict(model_dir), torch.device(device), dtype)
+
+    def rope(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        freqs = positions.float().unsqueeze(-1) * self.inv_freq  # [..., D/2]
+        emb = torch.cat((freqs, freqs), dim=-1)
+        return emb.cos().to(self.dtype), emb.sin().to(self.dtype)
+
+    def _forward(self, tokens: torch.Tensor, positions: torch.Tensor, attend) -> torch.Tensor:
+        """tokens, positions [B, T] -> final hidden states [B, T, E]; attend(layer, q, k, v) does attention
+        on q [B, H, T, D], k, v [B, Hkv, T, D] (RoPE applied) and returns [B, H, T, D]."""
+        cfg = self.cfg
+        B, T = tokens.shape
+        H, Hkv, D = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        cos, sin = (t.unsqueeze(1) for t in self.rope(positions))  # [B, 1, T, D]
+        x = F.embedding(tokens, self.embed)
+        for i, layer in enumerate(self.layers):
+            h = rms_norm(x, layer.attn_norm, cfg.rms_norm_eps)
+            qkv = F.linear(h, layer.wqkv, layer.bqkv)
+            q, k, v = qkv.split([H * D, Hkv * D, Hkv * D], dim=-1)
+            q = q.view(B, T, H, D).transpose(1, 2)
+            k = k.view(B, T, Hkv, D).transpose(1, 2)
+            v = v.view(B, T, Hkv, D).transpose(1, 2)
+            q = q * cos + rotate_half(q) * sin
+            k = k * cos + rotate_half(k) * sin
+            o = attend(i, q, k, v)
+            x = x + F.linear(o.transpose(1, 2).reshape(B, T, H * D), layer.wo)
+            h = rms_norm(x, layer.mlp_norm, cfg.rms_norm_eps)
+            gate, up = F.linear(h, layer.w_gate_up).chunk(2, dim=-1)
+            x = x + F.linear(F.silu(gate) * up, layer.w_down)
+        return rms_norm(x, self.norm, cfg.rms_norm_eps)
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return F.linear(hidden, self.lm_head).float()
+
+    @torch.inference_mode()
+    def prefill(self, tokens: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        """Run the prompt [Lp] once, store its KV as the shared prefix, return the last position's logits [V]."""
+        Lp = tokens.shape[0]
+        positions = torch.arange(Lp, device=self.device).unsqueeze(0)
+
+        def attend(i, q, k, v):
+            cache.prefix_k[i].copy_(k[0])
+            cache.prefix_v[i].copy_(v[0])
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.scale, enable_gqa=True)
+
+        hidden = self._forward(tokens.unsqueeze(0).to(self.device), positions, attend)
+        return self.logits(hidden[0, -1])
+
+    @torch.inference_mode()
+    def decode(self, tokens: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        """Score tokens [B, q] (B = cache.live) placed after each branch's committed tokens.
+
+        Writes their KV past cache.lens without committing it; returns logits [B, q, V].
+        The caller commits what it accepts by advancing cache.lens.
+        """
+        B, nq = tokens.shape
+        lens = cache.lens[:B]
+        positions = cache.prefix_len + lens.view(B, 1) + torch.arange(nq, device=self.device).view(1, nq)
+        span = int(lens.max()) + nq  # suffix positions any query can see
+
+        def attend(i, q, k, v):
+            cache.write_suffix(i, k, v)
+            return relay_attention(q, cache.prefix_k[i], cache.prefix_v[i], cache.suffix_k[i][:B, :, :span],
+                                   cache.suffix_v[i][:B, :, :span], lens + nq, self.scale)
+
+        return self.logits(self._forward(tokens.to(self.device), positions, attend))

@@ -1,0 +1,95 @@
+"""Answer a question by vote over N branches that share one prompt: the executor behind `ttsplan run`."""
+import json
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from ttsplan.answers import EXTRACTORS
+from ttsplan.assets import resolve_model
+from ttsplan.datasets import prompt_text
+from ttsplan.engine.generate import Branch, GenerationStats, generate
+from ttsplan.engine.model import Transformer
+from ttsplan.engine.sampling import SamplingParams
+from ttsplan.voting import Tally, branch_weight, vote
+
+
+@dataclass
+class Engine:
+    name: str
+    model: Transformer
+    tokenizer: object
+    eos_ids: set[int]
+
+
+def load_engine(name_or_path: str, device: str = "cpu") -> Engine:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from transformers import AutoTokenizer, GenerationConfig
+
+    path = resolve_model(name_or_path)
+    dtype = torch.float32 if device == "cpu" else torch.bfloat16
+    model = Transformer.load(path, device=device, dtype=dtype)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    eos = GenerationConfig.from_pretrained(path).eos_token_id if (path / "generation_config.json").exists() else None
+    eos_ids = set(eos if isinstance(eos, list) else [eos]) | {tokenizer.eos_token_id}
+    return Engine(name_or_path, model, tokenizer, {e for e in eos_ids if e is not None})
+
+
+def encode(engine: Engine, question: str) -> list[int]:
+    """The chat-templated prompt token ids for one question."""
+    messages = [{"role": "user", "content": prompt_text(question)}]
+    ids = engine.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+    return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
+
+
+@dataclass
+class Solved:
+    answer: str | None
+    tallies: list[Tally]
+    branches: list[Branch]
+    answers: list[str | None]
+    weights: list[float]
+    stats: GenerationStats
+    latency_s: float
+
+
+def solve(engine: Engine, question: str, n: int, params: SamplingParams, rule: str = "majority",
+          task: str = "gsm8k", on_step=None) -> Solved:
+    t0 = time.perf_counter()
+    branches, stats = generate(engine.model, encode(engine, question), n, params, engine.eos_ids, on_step)
+    texts = [engine.tokenizer.decode(b.tokens, skip_special_tokens=True) for b in branches]
+    answers = [EXTRACTORS[task](t) for t in texts]
+    weights = [branch_weight(b.logprobs, rule) for b in branches]
+    answer, tallies = vote(answers, weights)
+    return Solved(answer, tallies, branches, answers, weights, stats, time.perf_counter() - t0)
+
+
+def load_results(path: Path) -> dict[str, dict]:
+    """Finished problems of an earlier (possibly interrupted) dataset run, by problem id."""
+    if not path.exists():
+        return {}
+    done = {}
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+            done[row["id"]] = row
+        except (json.JSONDecodeError, KeyError):
+            continue  # a line cut short by an interruption: that problem runs again
+    return done
+
+
+def append_result(path: Path, row: dict) -> None:
+    """One problem per line, flushed and synced, so an interruption loses at most the problem in flight."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        f.write(json.dumps(row) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def result_row(problem_id: str, gold: str, solved: Solved) -> dict:
+    return {"id": problem_id, "gold": gold, "answer": solved.answer, "correct": solved.answer == gold,
+            "latency_s": solved.latency_s, "new_tokens": solved.stats.new_tokens,
+            "votes": [asdict(t) for t in solved.tallies]}
