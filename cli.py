@@ -85,6 +85,15 @@ def timing_table(stats, latency_s: float, peak_bw: float) -> Table:
     return table
 
 
+def spec_table(spec) -> Table:
+    table = Table(title=f"speculative decoding, draft length {spec.draft_len}")
+    for col in ("rounds", "tokens/round", "acceptance", "per position", "draft s", "verify s"):
+        table.add_column(col, justify="right")
+    table.add_row(str(spec.rounds), f"{spec.tokens_per_round:.2f}", f"{spec.overall_acceptance:.2f}",
+                  " ".join(f"{a:.2f}" for a in spec.acceptance), f"{spec.draft_s:.2f}", f"{spec.verify_s:.2f}")
+    return table
+
+
 def run_key(**fields) -> str:
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
 
@@ -105,13 +114,15 @@ def run(
     max_new_tokens: int = typer.Option(512, "--max-new-tokens"),
     seed: int = typer.Option(0),
     device: str = typer.Option("cpu", help="cpu or cuda"),
+    draft: str = typer.Option(None, help="draft model for speculative decoding (shares the target's tokenizer)"),
+    draft_len: int = typer.Option(4, "--draft-len", "-k", help="with --draft: tokens proposed per round"),
     results: Path = typer.Option(None, help="with --dataset: results file (default under TTSPLAN_HOME/runs)"),
 ):
     """Answer by vote over N branches that share one prompt KV cache."""
     from ttsplan.datasets import load_problems
     from ttsplan.engine.sampling import SamplingParams
     from ttsplan.hardware import copy_bandwidth
-    from ttsplan.runner import append_result, load_engine, load_results, result_row, solve
+    from ttsplan.runner import append_result, load_draft, load_engine, load_results, result_row, solve
     import torch
 
     if vote_rule not in VOTE_RULES:
@@ -124,19 +135,23 @@ def run(
     problems = load_problems(dataset, limit, offset) if dataset else None
     with console.status(f"loading {model}"):
         engine = load_engine(model, device)
+        spec_draft = load_draft(engine, draft, draft_len, device) if draft else None
         peak_bw = copy_bandwidth(torch.device(device))
 
     if question is not None:
         with Progress(TextColumn("decoding"), BarColumn(), TextColumn("{task.fields[tok]} tokens"),
                       TimeElapsedColumn(), console=console, transient=True) as progress:
             task = progress.add_task("", total=max_new_tokens, tok=0)
-            solved = solve(engine, question, branches, params, vote_rule,
+            solved = solve(engine, question, branches, params, vote_rule, draft=spec_draft,
                            on_step=lambda s: progress.update(task, completed=s.steps, tok=s.new_tokens))
         console.print(branch_table(solved), vote_table(solved), timing_table(solved.stats, solved.latency_s, peak_bw))
+        if solved.spec:
+            console.print(spec_table(solved.spec))
         console.print(f"[bold]answer:[/] {solved.answer}")
         return
 
-    key = run_key(model=model, dataset=dataset, branches=branches, vote=vote_rule, params=params.__dict__)
+    key = run_key(model=model, dataset=dataset, branches=branches, vote=vote_rule, params=params.__dict__,
+                  draft=draft, draft_len=draft_len if draft else 0)
     out = results or home() / "runs" / f"{dataset}-{Path(model).name}-n{branches}-{key}.jsonl"
     done = load_results(out)
     table = Table(title=f"{dataset}: {model}, {branches} branches, {vote_rule} vote")
@@ -147,7 +162,7 @@ def run(
         task = progress.add_task(dataset, total=len(problems))
         for p in problems:
             if p.id not in done:
-                solved = solve(engine, p.question, branches, params, vote_rule, task=dataset)
+                solved = solve(engine, p.question, branches, params, vote_rule, task=dataset, draft=spec_draft)
                 done[p.id] = result_row(p.id, p.gold, solved)
                 append_result(out, done[p.id])
             progress.advance(task)

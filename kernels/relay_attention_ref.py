@@ -81,7 +81,7 @@ def merge_by_lse(out_a: torch.Tensor, lse_a: torch.Tensor, out_b: torch.Tensor, 
     return out.to(out_a.dtype), lse
 
 
-def relay_attention(q, prefix_k, prefix_v, suffix_k, suffix_v, suffix_lens, scale: float):
+def relay_attention_ref(q, prefix_k, prefix_v, suffix_k, suffix_v, suffix_lens, scale: float):
     """Attention of q over [shared prefix KV ; own suffix KV], prefix read once. Returns [B, H, q, D]."""
     out_p, lse_p = prefix_attention(q, prefix_k, prefix_v, scale)
     out_s, lse_s = suffix_attention(q, suffix_k, suffix_v, suffix_lens, scale)

@@ -16,3 +16,9 @@ def smollm2_dir():
 def qwen05_dir():
     from ttsplan.assets import pull_model
     return pull_model("qwen2.5-coder-0.5b")
+
+
+@pytest.fixture(scope="session")
+def qwen15_dir():
+    from ttsplan.assets import pull_model
+    return pull_model("qwen2.5-coder-1.5b")

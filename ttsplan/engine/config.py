@@ -8,6 +8,18 @@ from ttsplan.errors import TTSPlanError
 SUPPORTED = ("llama", "qwen2", "mistral")
 
 
+SHIPPED = Path(__file__).parent.parent / "configs"
+
+
+def config_path(name_or_path: str) -> Path:
+    """The config.json of a shipped shape name, a model folder, or a path to a config file."""
+    for path in (SHIPPED / f"{name_or_path}.json", Path(name_or_path) / "config.json", Path(name_or_path)):
+        if path.is_file():
+            return path
+    shipped = sorted(p.stem for p in SHIPPED.glob("*.json"))
+    raise TTSPlanError(f"unknown model config '{name_or_path}': choose one of {', '.join(shipped)} or a config.json")
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     model_type: str
@@ -50,11 +62,20 @@ class ModelConfig:
         )
 
     @classmethod
+    def shipped(cls, name_or_path: str) -> "ModelConfig":
+        """A config shipped with ttsplan (qwen2.5-0.5b, -1.5b, -3b, -7b) or a config.json path: for random weights."""
+        return cls.from_file(config_path(name_or_path))
+
+    @classmethod
     def load(cls, model_dir: Path) -> "ModelConfig":
+        return cls.from_file(Path(model_dir) / "config.json")
+
+    @classmethod
+    def from_file(cls, path: Path) -> "ModelConfig":
         try:
-            return cls.from_dict(json.loads((Path(model_dir) / "config.json").read_text()))
+            return cls.from_dict(json.loads(Path(path).read_text()))
         except (OSError, json.JSONDecodeError, KeyError) as e:
-            raise TTSPlanError(f"cannot read a model config in {model_dir}: {e}") from e
+            raise TTSPlanError(f"cannot read a model config in {path}: {e}") from e
 
     def weight_bytes(self, dtype_bytes: int) -> int:
         """Bytes of weights read per decode step (embedding rows are gathered, not read whole)."""

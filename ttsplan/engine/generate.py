@@ -28,6 +28,7 @@ class Branch:
 class GenerationStats:
     prompt_tokens: int
     prefill_s: float = 0.0
+    capture_s: float = 0.0  # CUDA graph capture, per request (0 on the CPU)
     decode_s: float = 0.0
     steps: int = 0
     new_tokens: int = 0     # every generated token, the first (from prefill logits) included
@@ -49,11 +50,12 @@ def check_request(cfg: ModelConfig, prompt_len: int, branches: int, params: Samp
                            f"model's window of {cfg.max_position_embeddings} tokens")
 
 
-def step_bytes(cfg: ModelConfig, prefix_len: int, suffix_lens: torch.Tensor, dtype: torch.dtype) -> int:
-    """Bytes a decode step must read at least: weights once, prefix KV once, each branch's own KV once."""
+def step_bytes(cfg: ModelConfig, prefix_len: int, suffix_tokens: int, dtype: torch.dtype) -> int:
+    """Bytes a decode step must read at least: weights once, prefix KV once, each branch's own KV once
+    (suffix_tokens: the own tokens of all live branches together, the ones being fed included)."""
     width = torch.finfo(dtype).bits // 8
     kv_token = 2 * cfg.num_layers * cfg.num_kv_heads * cfg.head_dim * width
-    return cfg.weight_bytes(width) + kv_token * (prefix_len + int(suffix_lens.sum()))
+    return cfg.weight_bytes(width) + kv_token * (prefix_len + suffix_tokens)
 
 
 def append(branch: Branch, token: int, logprob: float, eos_ids: set[int], params: SamplingParams) -> None:
@@ -65,8 +67,16 @@ def append(branch: Branch, token: int, logprob: float, eos_ids: set[int], params
         branch.finish = "length"
 
 
+def decoder(model: Transformer, cache: KVCache, n: int, cuda_graphs: bool):
+    """One decode step for the live rows, tokens [B, 1] -> logits [B, V]: graph replay on a GPU."""
+    if cuda_graphs and model.device.type == "cuda":
+        from ttsplan.engine.cuda_graphs import GraphDecoder
+        return GraphDecoder(model, cache, n)
+    return lambda tokens: model.decode(tokens, cache)[:, -1]
+
+
 def generate(model: Transformer, prompt: list[int], n: int, params: SamplingParams,
-             eos_ids: set[int], on_step=None) -> tuple[list[Branch], GenerationStats]:
+             eos_ids: set[int], on_step=None, cuda_graphs: bool = True) -> tuple[list[Branch], GenerationStats]:
     cfg = model.cfg
     check_request(cfg, len(prompt), n, params)
     cache = KVCache.allocate(cfg, len(prompt), n, params.max_new_tokens, model.dtype, model.device)
@@ -76,17 +86,19 @@ def generate(model: Transformer, prompt: list[int], n: int, params: SamplingPara
 
     t0 = time.perf_counter()
     logits = model.prefill(torch.tensor(prompt, dtype=torch.long), cache).expand(n, -1)
+    synchronize(model.device)
+    stats.prefill_s = time.perf_counter() - t0
+    step = decoder(model, cache, n, cuda_graphs)
+    synchronize(model.device)
+    stats.capture_s = time.perf_counter() - t0 - stats.prefill_s
+    t0 = time.perf_counter()
     rows = list(range(n))  # branch id held by each live cache row
     while True:
         tokens = draw(token_probs(logits, params), gen)
         logprobs = chosen_logprobs(logits, tokens)
         for row, (tok, lp) in enumerate(zip(tokens.tolist(), logprobs.tolist())):
             append(branches[rows[row]], tok, lp, eos_ids, params)
-        if stats.steps == 0:
-            synchronize(model.device)
-            stats.prefill_s = time.perf_counter() - t0
-            t0 = time.perf_counter()
-        else:
+        if stats.steps:
             stats.decode_tokens += len(rows)
         stats.new_tokens += len(rows)
         keep = [r for r, b in enumerate(rows) if not branches[b].finish]
@@ -95,8 +107,8 @@ def generate(model: Transformer, prompt: list[int], n: int, params: SamplingPara
         cache.keep_rows(keep)
         rows = [rows[r] for r in keep]
         last = tokens[torch.tensor(keep, device=tokens.device)].view(-1, 1)
-        stats.bytes_read += step_bytes(cfg, cache.prefix_len, cache.lens[:len(rows)] + 1, model.dtype)
-        logits = model.decode(last, cache)[:, -1]
+        stats.bytes_read += step_bytes(cfg, cache.prefix_len, sum(len(branches[b].tokens) for b in rows), model.dtype)
+        logits = step(last)
         cache.lens[:len(rows)] += 1
         stats.steps += 1
         if on_step:

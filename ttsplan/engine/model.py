@@ -52,6 +52,29 @@ def load_state_dict(model_dir: Path) -> dict[str, torch.Tensor]:
     return state
 
 
+def random_state_dict(cfg: ModelConfig, device: torch.device, dtype: torch.dtype, seed: int) -> dict[str, torch.Tensor]:
+    gen = torch.Generator(device=device).manual_seed(seed)
+    E, Fd, H, Hkv, D = cfg.hidden_size, cfg.intermediate_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+
+    def rand(*shape):
+        return (torch.randn(*shape, generator=gen, device=device, dtype=torch.float32) * 0.02).to(dtype)
+
+    state = {"model.embed_tokens.weight": rand(cfg.vocab_size, E), "model.norm.weight": torch.ones(E, device=device, dtype=dtype)}
+    if not cfg.tie_word_embeddings:
+        state["lm_head.weight"] = rand(cfg.vocab_size, E)
+    for i in range(cfg.num_layers):
+        p = f"model.layers.{i}."
+        shapes = {"self_attn.q_proj": (H * D, E), "self_attn.k_proj": (Hkv * D, E), "self_attn.v_proj": (Hkv * D, E),
+                  "self_attn.o_proj": (E, H * D), "mlp.gate_proj": (Fd, E), "mlp.up_proj": (Fd, E), "mlp.down_proj": (E, Fd)}
+        for name, shape in shapes.items():
+            state[p + name + ".weight"] = rand(*shape)
+            if cfg.attention_bias and name in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"):
+                state[p + name + ".bias"] = rand(shape[0])
+        state[p + "input_layernorm.weight"] = torch.ones(E, device=device, dtype=dtype)
+        state[p + "post_attention_layernorm.weight"] = torch.ones(E, device=device, dtype=dtype)
+    return state
+
+
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     xf = x.float()
     return weight * (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
@@ -97,6 +120,12 @@ class Transformer:
     def load(cls, model_dir: Path, device="cpu", dtype=torch.float32) -> "Transformer":
         model_dir = Path(model_dir)
         return cls(ModelConfig.load(model_dir), load_state_dict(model_dir), torch.device(device), dtype)
+
+    @classmethod
+    def random(cls, cfg: ModelConfig, device="cpu", dtype=torch.float32, seed: int = 0) -> "Transformer":
+        """Random weights of the config's shapes, made on the device: for timing only (timings do not
+        depend on weight values, and real weights cannot travel to every machine)."""
+        return cls(cfg, random_state_dict(cfg, torch.device(device), dtype, seed), torch.device(device), dtype)
 
     def rope(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         freqs = positions.float().unsqueeze(-1) * self.inv_freq  # [..., D/2]
@@ -145,16 +174,18 @@ class Transformer:
         return self.logits(hidden[0, -1])
 
     @torch.inference_mode()
-    def decode(self, tokens: torch.Tensor, cache: KVCache) -> torch.Tensor:
-        """Score tokens [B, q] (B = cache.live) placed after each branch's committed tokens.
+    def decode(self, tokens: torch.Tensor, cache: KVCache, static: bool = False) -> torch.Tensor:
+        """Score tokens [B, q] for cache rows 0..B-1, placed after each branch's committed tokens.
 
         Writes their KV past cache.lens without committing it; returns logits [B, q, V].
-        The caller commits what it accepts by advancing cache.lens.
+        The caller commits what it accepts by advancing cache.lens.  static=True never reads a
+        device value on the host (attention spans the whole capacity, masked by lens): the form
+        a CUDA graph can capture.
         """
         B, nq = tokens.shape
         lens = cache.lens[:B]
         positions = cache.prefix_len + lens.view(B, 1) + torch.arange(nq, device=self.device).view(1, nq)
-        span = int(lens.max()) + nq  # suffix positions any query can see
+        span = cache.capacity if static else int(lens.max()) + nq  # suffix positions any query can see
 
         def attend(i, q, k, v):
             cache.write_suffix(i, k, v)

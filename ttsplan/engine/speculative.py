@@ -1,0 +1,187 @@
+"""Speculative decoding across branches: a draft proposes k tokens for every live branch, the
+target scores all k+1 positions of every branch in one pass (relay attention, q = k+1).
+
+Acceptance is the standard speculative-sampling rule (accept d_i with min(1, p_i(d_i)/q_i(d_i)),
+on the first rejection draw from norm(max(0, p_i - q_i)), a bonus token from p_{k+1} when all k
+are accepted), so outputs follow the target's distribution exactly; greedy reduces to prefix match.
+
+Cache bookkeeping for a branch whose emitted tokens are T[0..m-1] at the start of a round:
+the last token T[m-1] is in neither cache; the target holds T[0..m-2]; the draft holds the
+same, or one fewer (T[m-2] missing) after a round that accepted all k drafts.  The first draft
+step therefore feeds [T[m-2], T[m-1]] for every branch (q = 2, uniform), after rolling the
+draft back to m-2 tokens: re-feeding a token it already holds rewrites identical KV.
+Rejected tokens are rolled back per branch by setting each cache's committed length.
+"""
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from ttsplan.engine.generate import Branch, GenerationStats, append, check_request, step_bytes
+from ttsplan.engine.kv_cache import KVCache
+from ttsplan.engine.model import Transformer
+from ttsplan.engine.sampling import SamplingParams, chosen_logprobs, draw, token_probs
+from ttsplan.errors import TTSPlanError
+from ttsplan.hardware import synchronize
+
+
+@dataclass
+class SpecStats:
+    draft_len: int
+    rounds: int = 0
+    branch_rounds: int = 0
+    reached: list[int] = field(default_factory=list)   # per draft position: branch-rounds that got to it
+    accepted: list[int] = field(default_factory=list)  # ... and accepted it
+    emitted: int = 0
+    draft_s: float = 0.0
+    verify_s: float = 0.0
+    accept_counts: list[list[int]] = field(default_factory=list)  # per round, per live branch
+
+    def __post_init__(self):
+        self.reached = [0] * self.draft_len
+        self.accepted = [0] * self.draft_len
+
+    @property
+    def acceptance(self) -> list[float]:
+        """Acceptance rate at each draft position, given every earlier draft was accepted."""
+        return [a / r if r else 0.0 for a, r in zip(self.accepted, self.reached)]
+
+    @property
+    def overall_acceptance(self) -> float:
+        return sum(self.accepted) / sum(self.reached) if sum(self.reached) else 0.0
+
+    @property
+    def tokens_per_round(self) -> float:
+        return self.emitted / self.branch_rounds if self.branch_rounds else 0.0
+
+
+def accept_drafts(p: torch.Tensor, q: torch.Tensor, drafts: torch.Tensor, gen: torch.Generator):
+    """The speculative-sampling rule for a batch.
+
+    p [B, k+1, V] target distributions, q [B, k, V] draft distributions, drafts [B, k].
+    Returns (n_accepted [B], next_token [B]): the first n_accepted drafts are kept, then next_token
+    (drawn from the residual at the first rejection, or from p[:, k] when all were accepted).
+    """
+    B, k = drafts.shape
+    idx = drafts.unsqueeze(-1)
+    p_d = p[:, :k].gather(-1, idx).squeeze(-1)
+    q_d = q.gather(-1, idx).squeeze(-1)
+    u = torch.rand(B, k, generator=gen, device=p.device)
+    ok = u * q_d < p_d  # u < p/q without dividing by a zero q
+    n_acc = ok.long().cumprod(-1).sum(-1)
+    rows = torch.arange(B, device=p.device)
+    at = n_acc.clamp(max=k - 1)
+    residual = (p[rows, at] - q[rows, at]).clamp_(min=0)
+    empty = residual.sum(-1, keepdim=True) <= 0  # p == q there: rejection cannot happen, keep p
+    residual = torch.where(empty, p[rows, at], residual)
+    final = torch.where((n_acc == k).unsqueeze(-1), p[:, k], residual)
+    return n_acc, draw(final, gen)
+
+
+def check_pair(target_tokenizer, draft_tokenizer, target_name: str, draft_name: str) -> None:
+    if target_tokenizer.get_vocab() != draft_tokenizer.get_vocab():
+        raise TTSPlanError(f"draft '{draft_name}' and target '{target_name}' do not share a tokenizer: "
+                           "speculative decoding needs identical vocabularies")
+
+
+def generate_speculative(target: Transformer, draft: Transformer, prompt: list[int], n: int, params: SamplingParams,
+                         eos_ids: set[int], draft_len: int, draft_params: SamplingParams | None = None,
+                         on_step=None) -> tuple[list[Branch], GenerationStats, SpecStats]:
+    """Like generate(), with k = draft_len tokens proposed by the draft per branch per round.
+
+    draft_params sets how the draft proposes (default: the target's sampling); any proposal
+    distribution is lossless, greedy drafts (temperature 0) included.
+    """
+    if draft_len < 1:
+        raise TTSPlanError(f"draft length must be at least 1, got {draft_len}")
+    if draft.cfg.vocab_size != target.cfg.vocab_size:
+        raise TTSPlanError("draft and target vocabulary sizes differ")
+    k, cfg = draft_len, target.cfg
+    check_request(cfg, len(prompt) + k + 1, n, params)
+    draft_params = draft_params or params
+    capacity = params.max_new_tokens + k + 1
+    t_cache = KVCache.allocate(cfg, len(prompt), n, capacity, target.dtype, target.device)
+    d_cache = KVCache.allocate(draft.cfg, len(prompt), n, capacity, draft.dtype, draft.device)
+    gen = torch.Generator(device=target.device).manual_seed(params.seed)
+    stats, spec = GenerationStats(prompt_tokens=len(prompt)), SpecStats(k)
+    branches = [Branch() for _ in range(n)]
+
+    t0 = time.perf_counter()
+    prompt_t = torch.tensor(prompt, dtype=torch.long)
+    logits = target.prefill(prompt_t, t_cache).expand(n, -1)
+    draft.prefill(prompt_t, d_cache)
+    first = draw(token_probs(logits, params), gen)
+    for b, tok, lp in zip(branches, first.tolist(), chosen_logprobs(logits, first).tolist()):
+        append(b, tok, lp, eos_ids, params)
+    synchronize(target.device)
+    stats.prefill_s, stats.new_tokens = time.perf_counter() - t0, n
+    t0 = time.perf_counter()
+    rows = list(range(n))
+
+    while True:
+        keep = [r for r, b in enumerate(rows) if not branches[b].finish]
+        if not keep:
+            break
+        for cache in (t_cache, d_cache):
+            cache.keep_rows(keep)
+        rows = [rows[r] for r in keep]
+        B = len(rows)
+        toks = [branches[b].tokens for b in rows]
+        m = torch.tensor([len(t) for t in toks], device=target.device)
+        last = torch.tensor([t[-1] for t in toks], device=target.device).view(B, 1)
+
+        # Draft: k steps for all live branches; the first also re-feeds T[m-2] (see module doc).
+        ts = time.perf_counter()
+        if int(m.min()) >= 2:
+            d_cache.lens[:B] = m - 2
+            feed = torch.cat([torch.tensor([t[-2] for t in toks], device=target.device).view(B, 1), last], dim=1)
+        else:
+            feed = last
+        drafts, q = [], []
+        fed = sum(len(t) for t in toks)
+        for j in range(k):
+            stats.bytes_read += step_bytes(draft.cfg, d_cache.prefix_len, fed + j * B, draft.dtype)
+            d_logits = draft.decode(feed, d_cache)[:, -1]
+            d_cache.lens[:B] += feed.shape[1]
+            q.append(token_probs(d_logits, draft_params))
+            drafts.append(draw(q[-1], gen))
+            feed = drafts[-1].view(B, 1)
+        drafts, q = torch.stack(drafts, 1), torch.stack(q, 1)
+        synchronize(target.device)
+        tv = time.perf_counter()
+        spec.draft_s += tv - ts
+
+        # Verify: the target scores [last, d1..dk] for every branch in one pass.
+        stats.bytes_read += step_bytes(cfg, t_cache.prefix_len, fed + k * B, target.dtype)
+        t_logits = target.decode(torch.cat([last, drafts], dim=1), t_cache)
+        n_acc, nxt = accept_drafts(token_probs(t_logits, params), q, drafts, gen)
+        emitted = torch.cat([drafts, torch.zeros_like(nxt).view(B, 1)], dim=1)
+        emitted[torch.arange(B), n_acc] = nxt
+        logprobs = chosen_logprobs(t_logits, emitted)
+        synchronize(target.device)
+        spec.verify_s += time.perf_counter() - tv
+
+        # Commit: the target keeps [last, d1..d_n]; the draft keeps what it fed of those.
+        t_cache.lens[:B] += n_acc + 1
+        d_cache.lens[:B] = m + n_acc.clamp(max=k - 1)
+        n_list = n_acc.tolist()
+        for b, n_ok, row_toks, row_lps in zip(rows, n_list, emitted.tolist(), logprobs.tolist()):
+            for tok, lp in zip(row_toks[:n_ok + 1], row_lps[:n_ok + 1]):
+                if branches[b].finish:
+                    break
+                append(branches[b], tok, lp, eos_ids, params)
+                stats.new_tokens += 1
+                stats.decode_tokens += 1
+                spec.emitted += 1
+            for i in range(min(n_ok + 1, k)):
+                spec.reached[i] += 1
+                spec.accepted[i] += i < n_ok
+        spec.accept_counts.append(n_list)
+        spec.rounds += 1
+        spec.branch_rounds += B
+        stats.steps += 1
+        if on_step:
+            on_step(stats)
+    synchronize(target.device)
+    stats.decode_s = time.perf_counter() - t0
+    return branches, stats, spec
