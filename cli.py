@@ -75,11 +75,11 @@ def branch_table(solved) -> Table:
 
 def timing_table(stats, latency_s: float, peak_bw: float) -> Table:
     table = Table(title="latency")
-    for col in ("prompt tokens", "prefill s", "decode s", "total s", "new tokens", "decode tok/s",
+    for col in ("prompt tokens", "prefill s", "graph capture s", "decode s", "total s", "new tokens", "decode tok/s",
                 "bandwidth achieved", "device copy bw"):
         table.add_column(col, justify="right")
     achieved = stats.bytes_read / stats.decode_s if stats.decode_s else 0.0
-    table.add_row(str(stats.prompt_tokens), f"{stats.prefill_s:.2f}", f"{stats.decode_s:.2f}", f"{latency_s:.2f}",
+    table.add_row(str(stats.prompt_tokens), f"{stats.prefill_s:.2f}", f"{stats.capture_s:.2f}", f"{stats.decode_s:.2f}", f"{latency_s:.2f}",
                   str(stats.new_tokens), f"{stats.tokens_per_s:.1f}",
                   f"{achieved / 1e9:.1f} GB/s ({achieved / peak_bw:.0%})", f"{peak_bw / 1e9:.1f} GB/s")
     return table
@@ -114,6 +114,10 @@ def run(
     max_new_tokens: int = typer.Option(512, "--max-new-tokens"),
     seed: int = typer.Option(0),
     device: str = typer.Option("cpu", help="cpu or cuda"),
+    random_weights: str = typer.Option(None, "--random-weights",
+                                       help="time a random-weight model of a shipped shape (qwen2.5-0.5b/1.5b/3b/7b) "
+                                            "or a config.json on a random prompt; no answer"),
+    prompt_len: int = typer.Option(512, "--prompt-len", help="with --random-weights: prompt tokens"),
     draft: str = typer.Option(None, help="draft model for speculative decoding (shares the target's tokenizer)"),
     draft_len: int = typer.Option(4, "--draft-len", "-k", help="with --draft: tokens proposed per round"),
     results: Path = typer.Option(None, help="with --dataset: results file (default under TTSPLAN_HOME/runs)"),
@@ -122,16 +126,23 @@ def run(
     from ttsplan.datasets import load_problems
     from ttsplan.engine.sampling import SamplingParams
     from ttsplan.hardware import copy_bandwidth
-    from ttsplan.runner import append_result, load_draft, load_engine, load_results, result_row, solve
+    from ttsplan.runner import (append_result, load_draft, load_engine, load_results, result_row, solve,
+                                time_random_weights)
     import torch
 
     if vote_rule not in VOTE_RULES:
         raise TTSPlanError(f"unknown vote rule '{vote_rule}': choose one of {', '.join(VOTE_RULES)}")
     if branches < 1:
         raise TTSPlanError(f"branches must be at least 1, got {branches}")
+    params = SamplingParams(temperature, top_p, top_k, max_new_tokens, seed, ignore_eos=bool(random_weights))
+    if random_weights:
+        with console.status(f"timing random-weight {random_weights} on {device}"):
+            peak_bw = copy_bandwidth(torch.device(device))
+            _, stats, latency = time_random_weights(random_weights, device, branches, params, prompt_len)
+        console.print(timing_table(stats, latency, peak_bw))
+        return
     if (question is None) == (dataset is None):
         raise TTSPlanError("give exactly one of --question or --dataset")
-    params = SamplingParams(temperature, top_p, top_k, max_new_tokens, seed)
     problems = load_problems(dataset, limit, offset) if dataset else None
     with console.status(f"loading {model}"):
         engine = load_engine(model, device)
