@@ -2,7 +2,6 @@
 import functools
 import hashlib
 import json
-import sys
 from pathlib import Path
 
 import typer
@@ -10,7 +9,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from ttsplan.assets import DEFAULT_MODEL, MODELS, home, is_pulled, model_dir, pull_model
+from ttsplan.assets import DEFAULT_MODEL, MODELS, home, is_pulled, pull_model
 from ttsplan.errors import TTSPlanError
 from ttsplan.voting import VOTE_RULES
 

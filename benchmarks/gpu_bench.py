@@ -72,7 +72,6 @@ def attention_table(bw: float, quick: bool):
                     table.add_row(name, str(lp), str(n), str(nq), f"{t_tri:.4f}", f"{nbytes / t_tri / 1e6:.0f}",
                                   f"{t_tri / floor_ms:.2f}", f"{t_sdpa:.4f}", f"{t_sdpa / t_tri:.1f}x",
                                   f"{t_ref:.4f}", f"{t_ref / t_tri:.1f}x")
-                    del q, pk, pv, sk, sv
     return table
 
 
@@ -95,7 +94,6 @@ def decode_step_table(bw: float):
         floor_ms = nbytes / bw * 1e3
         table.add_row(str(n), f"{t_graph:.3f}", f"{t_eager:.3f}", f"{floor_ms:.3f}", f"{t_graph / floor_ms:.2f}",
                       f"{nbytes / t_graph / 1e6:.0f}")
-        del cache, step
     return table, model, cfg
 
 

@@ -5,6 +5,7 @@ import torch
 from ttsplan.engine.generate import generate
 from ttsplan.engine.model import Transformer
 from ttsplan.engine.sampling import SamplingParams
+from reference import assert_teacher_forced_logprobs, chat_ids
 
 PROMPTS = [
     "Explain in detail how a hash table works, with an example in Python.",
@@ -12,11 +13,6 @@ PROMPTS = [
     "A train travels 60 km in 45 minutes. What is its average speed in km/h? Explain step by step.",
 ]
 NEW_TOKENS = 64
-
-
-def chat_ids(tokenizer, text):
-    ids = tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True, tokenize=True)
-    return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
 
 
 def hf_and_ours(model_dir):
@@ -71,12 +67,5 @@ def test_same_seed_same_output_and_finished_branches_leave(smollm2_dir):
     for x in a:
         assert x.finish == ("eos" if x.tokens[-1] in eos else "length")
         assert all(t not in eos for t in x.tokens[:-1])
-    # The survivors kept their own KV through every compaction: each branch's recorded
-    # log-probs equal HF's for that branch's tokens, teacher-forced.
-    from transformers import AutoModelForCausalLM
-    hf = AutoModelForCausalLM.from_pretrained(smollm2_dir, dtype=torch.float32)
-    for x in a:
-        with torch.inference_mode():
-            logits = hf(torch.tensor([ids + x.tokens])).logits[0, len(ids) - 1:-1]
-        want = torch.log_softmax(logits, -1).gather(-1, torch.tensor(x.tokens).unsqueeze(-1)).squeeze(-1)
-        assert torch.allclose(torch.tensor(x.logprobs), want, atol=1e-3)
+    # The survivors kept their own KV through every compaction.
+    assert_teacher_forced_logprobs(smollm2_dir, ids, a)

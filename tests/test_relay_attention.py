@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from attention_reference import concat_attention
+from reference import concat_attention
 from ttsplan.kernels import relay_attention_ref
 
 CASES = [

@@ -9,7 +9,7 @@ if not torch.cuda.is_available():
     os.environ["TRITON_INTERPRET"] = "1"
 triton = pytest.importorskip("triton")
 
-from attention_reference import concat_attention  # noqa: E402
+from reference import concat_attention  # noqa: E402
 from ttsplan.kernels.relay_attention_triton import relay_attention_triton  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"

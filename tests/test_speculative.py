@@ -9,7 +9,7 @@ from ttsplan.engine.model import Transformer
 from ttsplan.engine.sampling import SamplingParams, draw
 from ttsplan.engine.speculative import generate_speculative
 from ttsplan.errors import TTSPlanError
-from test_engine import chat_ids
+from reference import assert_teacher_forced_logprobs, chat_ids
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +88,6 @@ def test_sampling_is_lossless_and_a_broken_rule_is_caught(smol, monkeypatch):
 def test_rollback_when_branches_accept_zero_and_all_in_one_round(smol, smollm2_dir):
     """Sampled target, greedy drafts: in one round some branches accept 0 drafts and some all k;
     every branch's tokens are still exactly what the target alone assigns them (teacher-forced)."""
-    from transformers import AutoModelForCausalLM
     tokenizer, model = smol
     ids = chat_ids(tokenizer, "Write a short poem about the sea.")
     k = 4
@@ -96,12 +95,7 @@ def test_rollback_when_branches_accept_zero_and_all_in_one_round(smol, smollm2_d
     branches, _, spec = generate_speculative(model, model, ids, 8, params, {tokenizer.eos_token_id}, draft_len=k,
                                              draft_params=SamplingParams(temperature=0))
     assert any(0 in r and k in r for r in spec.accept_counts)
-    hf = AutoModelForCausalLM.from_pretrained(smollm2_dir, dtype=torch.float32)
-    for b in branches:
-        with torch.inference_mode():
-            logits = hf(torch.tensor([ids + b.tokens])).logits[0, len(ids) - 1:-1]
-        want = torch.log_softmax(logits, -1).gather(-1, torch.tensor(b.tokens).unsqueeze(-1)).squeeze(-1)
-        assert torch.allclose(torch.tensor(b.logprobs), want, atol=1e-3)
+    assert_teacher_forced_logprobs(smollm2_dir, ids, branches)
 
 
 def test_pair_with_different_tokenizers_is_refused(smollm2_dir, qwen05_dir):
