@@ -117,7 +117,8 @@ def run(
                                        help="time a random-weight model of a shipped shape (qwen2.5-0.5b/1.5b/3b/7b) "
                                             "or a config.json on a random prompt; no answer"),
     prompt_len: int = typer.Option(512, "--prompt-len", help="with --random-weights: prompt tokens"),
-    draft: str = typer.Option(None, help="draft model for speculative decoding (shares the target's tokenizer)"),
+    draft: str = typer.Option(None, help="draft model for speculative decoding (shares the target's tokenizer); "
+                                         "with --random-weights, a shipped shape"),
     draft_len: int = typer.Option(4, "--draft-len", "-k", help="with --draft: tokens proposed per round"),
     results: Path = typer.Option(None, help="with --dataset: results file (default under TTSPLAN_HOME/runs)"),
 ):
@@ -137,8 +138,11 @@ def run(
     if random_weights:
         with console.status(f"timing random-weight {random_weights} on {device}"):
             peak_bw = copy_bandwidth(torch.device(device))
-            _, stats, latency = time_random_weights(random_weights, device, branches, params, prompt_len)
+            stats, spec, latency = time_random_weights(random_weights, device, branches, params, prompt_len,
+                                                       draft, draft_len)
         console.print(timing_table(stats, latency, peak_bw))
+        if spec:
+            console.print(spec_table(spec))
         return
     if (question is None) == (dataset is None):
         raise TTSPlanError("give exactly one of --question or --dataset")

@@ -39,17 +39,26 @@ def load_engine(name_or_path: str, device: str = "cpu") -> Engine:
     return Engine(name_or_path, path, model, tokenizer, {e for e in eos_ids if e is not None})
 
 
-def time_random_weights(config: str, device: str, n: int, params: SamplingParams, prompt_len: int):
-    """Branches from a random-weight model of a shipped shape on a random prompt: timings only."""
+def time_random_weights(config: str, device: str, n: int, params: SamplingParams, prompt_len: int,
+                        draft_config: str | None = None, draft_len: int = 4):
+    """Branches from a random-weight model of a shipped shape on a random prompt: timings only.
+    With draft_config, a random-weight draft of that shape proposes draft_len tokens per round."""
     from ttsplan.engine.config import ModelConfig
-    cfg = ModelConfig.shipped(config)
     dtype = torch.float32 if device == "cpu" else torch.bfloat16
-    model = Transformer.random(cfg, device, dtype, seed=params.seed)
-    prompt = torch.randint(0, cfg.vocab_size, (prompt_len,), generator=torch.Generator().manual_seed(params.seed)).tolist()
-    generate(model, prompt, n, SamplingParams(max_new_tokens=4, ignore_eos=True), set())  # compile kernels once
+    model = Transformer.random(ModelConfig.shipped(config), device, dtype, seed=params.seed)
+    draft = Transformer.random(ModelConfig.shipped(draft_config), device, dtype, seed=params.seed + 1) if draft_config else None
+    prompt = torch.randint(0, model.cfg.vocab_size, (prompt_len,),
+                           generator=torch.Generator().manual_seed(params.seed)).tolist()
+
+    def once(p: SamplingParams):
+        if draft:
+            return generate_speculative(model, draft, prompt, n, p, set(), draft_len)
+        return (*generate(model, prompt, n, p, set()), None)
+
+    once(SamplingParams(max_new_tokens=4, ignore_eos=True))  # compile kernels once
     t0 = time.perf_counter()
-    branches, stats = generate(model, prompt, n, params, set())
-    return branches, stats, time.perf_counter() - t0
+    _, stats, spec = once(params)
+    return stats, spec, time.perf_counter() - t0
 
 
 def encode(engine: Engine, question: str) -> list[int]:

@@ -127,18 +127,19 @@ def generate_speculative(target: Transformer, draft: Transformer, prompt: list[i
         rows = [rows[r] for r in keep]
         B = len(rows)
         toks = [branches[b].tokens for b in rows]
-        m = torch.tensor([len(t) for t in toks], device=target.device)
+        lengths = [len(t) for t in toks]
+        m = torch.tensor(lengths, device=target.device)
         last = torch.tensor([t[-1] for t in toks], device=target.device).view(B, 1)
 
         # Draft: k steps for all live branches; the first also re-feeds T[m-2] (see module doc).
         ts = time.perf_counter()
-        if int(m.min()) >= 2:
+        if min(lengths) >= 2:
             d_cache.lens[:B] = m - 2
             feed = torch.cat([torch.tensor([t[-2] for t in toks], device=target.device).view(B, 1), last], dim=1)
         else:
             feed = last
         drafts, q = [], []
-        fed = sum(len(t) for t in toks)
+        fed = sum(lengths)
         for j in range(k):
             stats.bytes_read += step_bytes(draft.cfg, d_cache.prefix_len, fed + j * B, draft.dtype)
             d_logits = draft.decode(feed, d_cache)[:, -1]
