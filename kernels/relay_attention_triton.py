@@ -19,17 +19,31 @@ import triton.language as tl
 
 
 @triton.jit
-def _online_softmax_tile(q, k, v, visible, m, s, acc, scale):
-    """One key tile of flash attention: update running max m, sum s and output acc."""
-    x = tl.dot(q, tl.trans(k)) * scale
-    x = tl.where(visible, x, float("-inf"))
-    m_new = tl.maximum(m, tl.max(x, 1))
-    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-    alpha = tl.exp(m - m_safe)
-    p = tl.exp(x - m_safe[:, None])
-    s = s * alpha + tl.sum(p, 1)
-    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
-    return m_new, s, acc
+def _attend_keys(q, Kp, Vp, sk_n, sv_n, start, end, qpos, scale, CAUSAL: tl.constexpr,
+                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr):
+    """Flash attention of q [BLOCK_M, D] over keys start..end-1 at Kp / Vp (row strides sk_n, sv_n),
+    masked causally against qpos when CAUSAL.  Returns the running (max, sum, unnormalized output)."""
+    d = tl.arange(0, D)
+    m = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    s = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, D], tl.float32)
+    for n0 in range(start, end, BLOCK_N):
+        n = n0 + tl.arange(0, BLOCK_N)
+        n_ok = n < end
+        k = tl.load(Kp + n[:, None] * sk_n + d[None, :], mask=n_ok[:, None], other=0.0)
+        v = tl.load(Vp + n[:, None] * sv_n + d[None, :], mask=n_ok[:, None], other=0.0)
+        visible = n_ok[None, :]
+        if CAUSAL:
+            visible = visible & (n[None, :] <= qpos[:, None])
+        x = tl.where(visible, tl.dot(q, tl.trans(k)) * scale, float("-inf"))
+        m_new = tl.maximum(m, tl.max(x, 1))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        alpha = tl.exp(m - m_safe)
+        p = tl.exp(x - m_safe[:, None])
+        s = s * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+        m = m_new
+    return m, s, acc
 
 
 @triton.jit
@@ -53,17 +67,9 @@ def _prefix_kernel(Q, K, V, O, L, sq_b, sq_h, sq_t, sk_h, sk_n, sv_h, sv_n,
     h = kvh * GROUP + j
     d = tl.arange(0, D)
     q = tl.load(Q + b[:, None] * sq_b + h[:, None] * sq_h + i[:, None] * sq_t + d[None, :], mask=row_ok[:, None], other=0.0)
-    m = tl.full([BLOCK_M], float("-inf"), tl.float32)
-    s = tl.zeros([BLOCK_M], tl.float32)
-    acc = tl.zeros([BLOCK_M, D], tl.float32)
     start = split * chunk
-    end = tl.minimum(start + chunk, prefix_len)
-    for n0 in range(start, end, BLOCK_N):
-        n = n0 + tl.arange(0, BLOCK_N)
-        n_ok = n < end
-        k = tl.load(K + kvh * sk_h + n[:, None] * sk_n + d[None, :], mask=n_ok[:, None], other=0.0)
-        v = tl.load(V + kvh * sv_h + n[:, None] * sv_n + d[None, :], mask=n_ok[:, None], other=0.0)
-        m, s, acc = _online_softmax_tile(q, k, v, n_ok[None, :], m, s, acc, scale)
+    m, s, acc = _attend_keys(q, K + kvh * sk_h, V + kvh * sv_h, sk_n, sv_n, start, tl.minimum(start + chunk, prefix_len),
+                             i, scale, CAUSAL=False, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, D=D)
     _store_partial(O, L, split, b, h, i, row_ok, m, s, acc, so_s, so_b, so_h, so_t, sl_s, sl_b, sl_h, D)
 
 
@@ -82,17 +88,10 @@ def _suffix_kernel(Q, K, V, LENS, O, L, sq_b, sq_h, sq_t, sk_b, sk_h, sk_n, sv_b
     q = tl.load(Q + b * sq_b + h[:, None] * sq_h + i[:, None] * sq_t + d[None, :], mask=row_ok[:, None], other=0.0)
     length = tl.load(LENS + b)
     qpos = length - NQ + i  # suffix position of each query row
-    m = tl.full([BLOCK_M], float("-inf"), tl.float32)
-    s = tl.zeros([BLOCK_M], tl.float32)
-    acc = tl.zeros([BLOCK_M, D], tl.float32)
     start = split * chunk
-    end = tl.minimum(start + chunk, length)
-    for n0 in range(start, end, BLOCK_N):
-        n = n0 + tl.arange(0, BLOCK_N)
-        n_ok = n < end
-        k = tl.load(K + b * sk_b + kvh * sk_h + n[:, None] * sk_n + d[None, :], mask=n_ok[:, None], other=0.0)
-        v = tl.load(V + b * sv_b + kvh * sv_h + n[:, None] * sv_n + d[None, :], mask=n_ok[:, None], other=0.0)
-        m, s, acc = _online_softmax_tile(q, k, v, n_ok[None, :] & (n[None, :] <= qpos[:, None]), m, s, acc, scale)
+    m, s, acc = _attend_keys(q, K + b * sk_b + kvh * sk_h, V + b * sv_b + kvh * sv_h, sk_n, sv_n, start,
+                             tl.minimum(start + chunk, length), qpos, scale,
+                             CAUSAL=True, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, D=D)
     _store_partial(O, L, first_split + split, bb, h, i, row_ok, m, s, acc, so_s, so_b, so_h, so_t, sl_s, sl_b, sl_h, D)
 
 
