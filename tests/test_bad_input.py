@@ -75,3 +75,15 @@ def test_malformed_model_folder(tmp_path):
     (tmp_path / "config.json").write_text("{not json")
     code, _, err = ttsplan("run", "--model", str(tmp_path), "-q", "1+1?")
     assert_one_line_error(code, err, "cannot read a model config")
+
+
+def test_decode_past_the_kv_capacity_is_refused(smollm2_dir):
+    import torch
+    from ttsplan.engine.model import Transformer
+    model = Transformer.load(smollm2_dir)
+    cache = KVCache.allocate(model.cfg, 3, 2, 4, torch.float32, torch.device("cpu"))
+    model.prefill(torch.tensor([1, 2, 3]), cache)
+    cache.lens[:2] = torch.tensor([1, 3])  # row 1 has room for one more token, not two
+    model.decode(torch.tensor([[5], [6]]), cache)
+    with pytest.raises(TTSPlanError, match="outgrew its KV capacity of 4"):
+        model.decode(torch.tensor([[5, 6], [7, 8]]), cache)

@@ -11,7 +11,7 @@ from ttsplan.answers import EXTRACTORS
 from ttsplan.assets import resolve_model
 from ttsplan.datasets import prompt_text
 from ttsplan.engine.generate import Branch, GenerationStats, generate
-from ttsplan.engine.model import Transformer
+from ttsplan.engine.model import Transformer, default_dtype
 from ttsplan.engine.sampling import SamplingParams
 from ttsplan.engine.speculative import SpecStats, check_pair, generate_speculative
 from ttsplan.voting import Tally, branch_weight, vote
@@ -31,8 +31,7 @@ def load_engine(name_or_path: str, device: str = "cpu") -> Engine:
     from transformers import AutoTokenizer, GenerationConfig
 
     path = resolve_model(name_or_path)
-    dtype = torch.float32 if device == "cpu" else torch.bfloat16
-    model = Transformer.load(path, device=device, dtype=dtype)
+    model = Transformer.load(path, device=device, dtype=default_dtype(device))
     tokenizer = AutoTokenizer.from_pretrained(path)
     eos = GenerationConfig.from_pretrained(path).eos_token_id if (path / "generation_config.json").exists() else None
     eos_ids = set(eos if isinstance(eos, list) else [eos]) | {tokenizer.eos_token_id}
@@ -44,7 +43,7 @@ def time_random_weights(config: str, device: str, n: int, params: SamplingParams
     """Branches from a random-weight model of a shipped shape on a random prompt: timings only.
     With draft_config, a random-weight draft of that shape proposes draft_len tokens per round."""
     from ttsplan.engine.config import ModelConfig
-    dtype = torch.float32 if device == "cpu" else torch.bfloat16
+    dtype = default_dtype(device)
     model = Transformer.random(ModelConfig.shipped(config), device, dtype, seed=params.seed)
     draft = Transformer.random(ModelConfig.shipped(draft_config), device, dtype, seed=params.seed + 1) if draft_config else None
     prompt = torch.randint(0, model.cfg.vocab_size, (prompt_len,),

@@ -75,6 +75,11 @@ def random_state_dict(cfg: ModelConfig, device: torch.device, dtype: torch.dtype
     return state
 
 
+def default_dtype(device: str | torch.device) -> torch.dtype:
+    """float32 on the CPU (bf16 matmuls are slow without AVX-512), bfloat16 on a GPU."""
+    return torch.float32 if torch.device(device).type == "cpu" else torch.bfloat16
+
+
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """HF's formula (float32 statistics, cast, then scale) on the CPU, where the tests compare
     token for token; PyTorch's fused kernel on a GPU, where five kernels per norm cost real time."""
@@ -188,6 +193,8 @@ class Transformer:
         lens = cache.lens[:B]
         positions = cache.prefix_len + lens.view(B, 1) + torch.arange(nq, device=self.device).view(1, nq)
         span = cache.capacity if static else int(lens.max()) + nq  # suffix positions any query can see
+        if span > cache.capacity:  # checked where lens is already read on the host; graphs never sync
+            raise TTSPlanError(f"a branch outgrew its KV capacity of {cache.capacity} tokens")
 
         def attend(i, q, k, v):
             cache.write_suffix(i, k, v)
