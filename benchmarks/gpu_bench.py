@@ -24,10 +24,11 @@ from ttsplan.engine.model import Transformer
 from ttsplan.engine.sampling import SamplingParams
 from ttsplan.hardware import copy_bandwidth
 from ttsplan.kernels import relay_attention_ref
-from ttsplan.kernels.relay_attention_triton import relay_attention_triton
+from ttsplan.kernels.relay_attention_triton import Tuning, relay_attention_triton, use_plain
 
 DEV = torch.device("cuda")
 BF16 = torch.bfloat16
+MATMUL_FLOPS = 777e12  # bf16 dense matmul measured on the H100 (ASSETS.md)
 HEADS = {"qwen2.5-1.5b (12/2)": (12, 2), "qwen2.5-7b (28/4)": (28, 4), "32/8 (ASSETS baseline)": (32, 8)}
 
 
@@ -48,31 +49,80 @@ def sdpa_on_copies(q, pk, pv, sk, sv):
     return lambda: F.scaled_dot_product_attention(q, kc, vc, attn_mask=mask, enable_gqa=True)
 
 
+def attention_inputs(H: int, hkv: int, lp: int, n: int, nq: int, own: int = 512, D: int = 128):
+    q = torch.randn(n, H, nq, D, device=DEV, dtype=BF16)
+    pk, pv = (torch.randn(hkv, lp, D, device=DEV, dtype=BF16) for _ in range(2))
+    sk, sv = (torch.randn(n, hkv, own, D, device=DEV, dtype=BF16) for _ in range(2))
+    return q, pk, pv, sk, sv, torch.full((n,), own, device=DEV), D ** -0.5
+
+
+def attention_floors(args, bw: float) -> tuple[int, float, float]:
+    """(bytes, memory floor ms, compute floor ms): prefix KV once + each branch's own KV once (+ q, out)
+    at the copy bandwidth; QK^T and PV over every visible key at the bf16 matmul peak."""
+    q, pk, _, sk, _, lens, _ = args
+    n, H, nq, D = q.shape
+    nbytes = (pk.numel() + sk.numel()) * 2 * 2 + 2 * q.numel() * 2
+    flops = 4 * n * H * nq * (pk.shape[1] + int(lens[0])) * D
+    return nbytes, nbytes / bw * 1e3, flops / MATMUL_FLOPS * 1e3
+
+
 def attention_table(bw: float, quick: bool):
-    table = Table(title="relay attention alone (bf16, head dim 128, 512 own tokens per branch)")
-    for col in ("heads", "prefix", "N", "q", "triton ms", "GB/s", "x floor", "SDPA copies ms", "vs SDPA",
-                "torch relay ms", "vs torch relay"):
+    table = Table(title="relay attention alone (bf16, head dim 128, 512 own tokens per branch); "
+                        "auto = the mode the engine picks (plain at N = 1)")
+    for col in ("heads", "prefix", "N", "q", "auto ms", "mode", "GB/s", "x mem floor", "x roofline",
+                "plain ms", "auto/plain", "SDPA copies ms", "vs SDPA", "torch relay ms", "vs torch relay"):
         table.add_column(col, justify="right")
-    own, D = 512, 128
     for name, (H, hkv) in HEADS.items():
         assets_shape = name.startswith("32/8")
         for lp in (4096, 16384) if assets_shape else (1024, 4096, 16384):
-            for n in (64,) if assets_shape else (1, 8, 32, 64, 128):
+            for n in (1, 64) if assets_shape else (1, 8, 32, 64, 128):
                 for nq in (1,) if assets_shape or quick else (1, 5):
-                    q = torch.randn(n, H, nq, D, device=DEV, dtype=BF16)
-                    pk, pv = (torch.randn(hkv, lp, D, device=DEV, dtype=BF16) for _ in range(2))
-                    sk, sv = (torch.randn(n, hkv, own, D, device=DEV, dtype=BF16) for _ in range(2))
-                    lens = torch.full((n,), own, device=DEV)
-                    args = (q, pk, pv, sk, sv, lens, D ** -0.5)
-                    t_tri = bench_ms(lambda: relay_attention_triton(*args))
+                    args = attention_inputs(H, hkv, lp, n, nq)
+                    t_auto = bench_ms(lambda: relay_attention_triton(*args))
+                    t_plain = bench_ms(lambda: relay_attention_triton(*args, plain=True))
                     t_ref = bench_ms(lambda: relay_attention_ref(*args))
-                    t_sdpa = bench_ms(sdpa_on_copies(q, pk, pv, sk, sv))
-                    nbytes = (lp + n * own) * hkv * D * 2 * 2 + 2 * q.numel() * 2
-                    floor_ms = nbytes / bw * 1e3
-                    table.add_row(name, str(lp), str(n), str(nq), f"{t_tri:.4f}", f"{nbytes / t_tri / 1e6:.0f}",
-                                  f"{t_tri / floor_ms:.2f}", f"{t_sdpa:.4f}", f"{t_sdpa / t_tri:.1f}x",
-                                  f"{t_ref:.4f}", f"{t_ref / t_tri:.1f}x")
+                    t_sdpa = bench_ms(sdpa_on_copies(*args[:5]))
+                    nbytes, mem_ms, flop_ms = attention_floors(args, bw)
+                    table.add_row(name, str(lp), str(n), str(nq), f"{t_auto:.4f}", "plain" if use_plain(n, lp) else "relay",
+                                  f"{nbytes / t_auto / 1e6:.0f}", f"{t_auto / mem_ms:.2f}",
+                                  f"{t_auto / max(mem_ms, flop_ms):.2f}", f"{t_plain:.4f}", f"{t_auto / t_plain:.2f}",
+                                  f"{t_sdpa:.4f}", f"{t_sdpa / t_auto:.1f}x", f"{t_ref:.4f}", f"{t_ref / t_auto:.1f}x")
     return table
+
+
+def sweep_table(bw: float):
+    """Median time of each launch shape on representative cases, to choose Tuning's defaults."""
+    cases = [("12/2", 12, 2, 16384, 64, 1), ("28/4", 28, 4, 16384, 64, 1), ("32/8", 32, 8, 16384, 64, 1),
+             ("12/2", 12, 2, 4096, 8, 1), ("28/4", 28, 4, 4096, 32, 5), ("12/2", 12, 2, 1024, 1, 1),
+             ("28/4", 28, 4, 16384, 1, 1)]
+    tunings = [Tuning(block_m_max=bm, block_n=bn, waves=w, num_warps=nw)
+               for bm in (64, 128) for bn in (32, 64) for w in (1, 2, 4) for nw in (4,)]
+    table = Table(title="launch-shape sweep: ms (x memory floor); * = best per case")
+    table.add_column("block_m/block_n/waves/warps")
+    results = {}
+    for name, H, hkv, lp, n, nq in cases:
+        table.add_column(f"{name} {lp // 1024}k N={n} q={nq}", justify="right")
+        args = attention_inputs(H, hkv, lp, n, nq)
+        _, mem_ms, _ = attention_floors(args, bw)
+        for t in tunings:
+            results[t, name, lp, n] = (bench_ms(lambda: relay_attention_triton(*args, tuning=t)), mem_ms)
+    for t in tunings:
+        cells = []
+        for name, _, _, lp, n, _ in cases:
+            ms, mem_ms = results[t, name, lp, n]
+            best = min(v[0] for k, v in results.items() if k[1:] == (name, lp, n))
+            cells.append(f"{ms:.4f} ({ms / mem_ms:.1f}){' *' if ms == best else ''}")
+        table.add_row(f"{t.block_m_max}/{t.block_n}/{t.waves}/{t.num_warps}", *cells)
+    plain = Table(title="plain vs relay at short prefixes, 12/2 heads, q = 1 (ms)")
+    for col in ("prefix", "N", "relay ms", "plain ms", "relay/plain"):
+        plain.add_column(col, justify="right")
+    for lp in (64, 128, 256, 512, 1024):
+        for n in (2, 8, 64):
+            args = attention_inputs(12, 2, lp, n, 1)
+            t_r = bench_ms(lambda: relay_attention_triton(*args, plain=False))
+            t_p = bench_ms(lambda: relay_attention_triton(*args, plain=True))
+            plain.add_row(str(lp), str(n), f"{t_r:.4f}", f"{t_p:.4f}", f"{t_r / t_p:.2f}")
+    return table, plain
 
 
 def decode_step_table(bw: float):
@@ -136,12 +186,16 @@ def end_to_end_table(model, cfg):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--only", choices=["attention", "decode", "e2e"], nargs="*")
+    ap.add_argument("--only", choices=["sweep", "attention", "decode", "e2e"], nargs="*")
     args = ap.parse_args()
     only = set(args.only or ["attention", "decode", "e2e"])
     bw = copy_bandwidth(DEV, nbytes=1 << 30)
     header = f"{torch.cuda.get_device_name()}, copy bandwidth {bw / 1e12:.2f} TB/s (measured in this run), torch {torch.__version__}, triton {triton.__version__}, {today()}"
     print(header)
+    if "sweep" in only:
+        sweep, plain = sweep_table(bw)
+        emit(sweep, "gpu_attention_sweep", header)
+        emit(plain, "gpu_plain_vs_relay", header)
     if "attention" in only:
         emit(attention_table(bw, args.quick), "gpu_attention", header)
     if only & {"decode", "e2e"}:

@@ -13,7 +13,7 @@ def test_graph_replay_matches_eager_through_padding_and_compaction():
 
     cfg = ModelConfig.shipped("qwen2.5-0.5b")
     model = Transformer.random(cfg, "cuda", torch.bfloat16, seed=1)
-    prompt = torch.randint(0, cfg.vocab_size, (300,), generator=torch.Generator().manual_seed(0)).tolist()
+    prompt = torch.randint(0, cfg.vocab_size, (600,), generator=torch.Generator().manual_seed(0)).tolist()  # relay mode (>= plain_below)
     # max_new_tokens differs per branch only through EOS; use a sampled run so branches diverge,
     # and an EOS set so some leave early and the batch shrinks through non-power-of-two sizes.
     params = SamplingParams(temperature=1.0, top_p=0.9, max_new_tokens=40, seed=3)

@@ -10,7 +10,7 @@ if not torch.cuda.is_available():
 triton = pytest.importorskip("triton")
 
 from reference import concat_attention  # noqa: E402
-from ttsplan.kernels.relay_attention_triton import relay_attention_triton  # noqa: E402
+from ttsplan.kernels.relay_attention_triton import Tuning, relay_attention_triton  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 DTYPES = [torch.float16, torch.bfloat16] if DEVICE == "cuda" else [torch.float32]
@@ -28,9 +28,15 @@ CASES = [
 ]
 
 
+# Small tiles: many splits, row blocks and chunks that straddle the prefix/own boundary.
+TUNINGS = {"default": Tuning(), "small-tiles": Tuning(block_m_max=16, block_n=16, min_tiles=1)}
+
+
+@pytest.mark.parametrize("tuning", TUNINGS)
+@pytest.mark.parametrize("plain", [False, True], ids=["relay", "plain"])
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("case", CASES)
-def test_triton_relay_matches_float64_reference(case, dtype):
+def test_triton_relay_matches_float64_reference(case, dtype, plain, tuning):
     B, nq, hkv, group, D, lp, smax, splits = case
     gen = torch.Generator().manual_seed(int.from_bytes(os.urandom(4), "little"))  # fresh inputs every run
     H = hkv * group
@@ -43,7 +49,8 @@ def test_triton_relay_matches_float64_reference(case, dtype):
     want = concat_attention(q.double(), pk.double(), pv.double(), sk.double(), sv.double(), lens, D ** -0.5)
     dev = [t.to(DEVICE, dtype) for t in (q, pk, pv, sk, sv)]
     out = torch.full_like(dev[0], float("nan"))
-    relay_attention_triton(*dev, lens.to(DEVICE), D ** -0.5, splits=splits, out=out)
+    relay_attention_triton(*dev, lens.to(DEVICE), D ** -0.5, out=out, plain=plain,
+                           splits=splits, tuning=TUNINGS[tuning])
     got = out.double().cpu()
     assert torch.isfinite(got).all(), "every output element must be written"
     rel = (got - want).abs().max() / want.abs().max()

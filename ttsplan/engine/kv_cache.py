@@ -65,15 +65,6 @@ class KVCache:
                    zeros(branches, hkv, suffix_capacity, d), zeros(branches, hkv, suffix_capacity, d),
                    torch.zeros(branches, dtype=torch.long, device=device), branches)
 
-    def write_suffix(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
-        """Write k, v [B, Hkv, q, D] of the live rows at positions lens[b] .. lens[b]+q-1 (not yet committed)."""
-        B, _, nq, _ = k.shape
-        # No bounds check here (it would sync the GPU every layer): callers size the cache for every token they feed.
-        pos = self.lens[:B].view(B, 1) + torch.arange(nq, device=k.device).view(1, nq)
-        rows = torch.arange(B, device=k.device).view(B, 1)
-        self.suffix_k[layer][rows, :, pos] = k.transpose(1, 2)
-        self.suffix_v[layer][rows, :, pos] = v.transpose(1, 2)
-
     def keep_rows(self, keep: list[int]) -> None:
         """Compact: the live rows become `keep` (indices of current live rows), in that order."""
         if keep == list(range(self.live)):

@@ -15,7 +15,8 @@ from safetensors.torch import load_file
 from ttsplan.engine.config import ModelConfig
 from ttsplan.engine.kv_cache import KVCache
 from ttsplan.errors import TTSPlanError
-from ttsplan.kernels import relay_attention
+from ttsplan.kernels import add_rms_norm, relay_attention, rope_and_store, silu_mul
+from ttsplan.kernels.layer_ops_ref import rms_norm, split_heads
 
 
 class Linear:
@@ -80,20 +81,6 @@ def default_dtype(device: str | torch.device) -> torch.dtype:
     return torch.float32 if torch.device(device).type == "cpu" else torch.bfloat16
 
 
-def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    """HF's formula (float32 statistics, cast, then scale) on the CPU, where the tests compare
-    token for token; PyTorch's fused kernel on a GPU, where five kernels per norm cost real time."""
-    if x.is_cuda:
-        return F.rms_norm(x, (x.shape[-1],), weight, eps)
-    xf = x.float()
-    return weight * (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
-
-
-def rotate_half(x: torch.Tensor) -> torch.Tensor:
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((-x2, x1), dim=-1)
-
-
 class Transformer:
     def __init__(self, cfg: ModelConfig, state: dict[str, torch.Tensor], device: torch.device, dtype: torch.dtype):
         self.cfg, self.device, self.dtype = cfg, torch.device(device), dtype
@@ -137,31 +124,24 @@ class Transformer:
         return cls(cfg, random_state_dict(cfg, torch.device(device), dtype, seed), torch.device(device), dtype)
 
     def rope(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin [B, T, D] for positions [B, T]."""
         freqs = positions.float().unsqueeze(-1) * self.inv_freq  # [..., D/2]
         emb = torch.cat((freqs, freqs), dim=-1)
         return emb.cos().to(self.dtype), emb.sin().to(self.dtype)
 
     def _forward(self, tokens: torch.Tensor, positions: torch.Tensor, attend) -> torch.Tensor:
-        """tokens, positions [B, T] -> final hidden states [B, T, E]; attend(layer, q, k, v) does attention
-        on q [B, H, T, D], k, v [B, Hkv, T, D] (RoPE applied) and returns [B, H, T, D]."""
-        cfg = self.cfg
-        B, T = tokens.shape
-        H, Hkv, D = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
-        cos, sin = (t.unsqueeze(1) for t in self.rope(positions))  # [B, 1, T, D]
+        """tokens, positions [B, T] -> final hidden states [B, T, E].  attend(layer, qkv, cos, sin) takes the
+        fused qkv projection [B, T, (H + 2 Hkv) D], applies RoPE, stores the KV, and returns the
+        attention output [B, T, H D].  Each residual add is fused with the RMSNorm that follows it."""
+        eps = self.cfg.rms_norm_eps
+        cos, sin = self.rope(positions)
         x = F.embedding(tokens, self.embed)
+        h = rms_norm(x, self.layers[0].attn_norm, eps)
         for i, layer in enumerate(self.layers):
-            h = rms_norm(x, layer.attn_norm, cfg.rms_norm_eps)
-            qkv = layer.qkv(h)
-            qk, v = qkv.split([(H + Hkv) * D, Hkv * D], dim=-1)
-            qk = qk.view(B, T, H + Hkv, D).transpose(1, 2)
-            q, k = (qk * cos + rotate_half(qk) * sin).split([H, Hkv], dim=1)  # RoPE on q and k in one pass
-            v = v.view(B, T, Hkv, D).transpose(1, 2)
-            o = attend(i, q, k, v)
-            x = x + layer.o(o.transpose(1, 2).reshape(B, T, H * D))
-            h = rms_norm(x, layer.mlp_norm, cfg.rms_norm_eps)
-            gate, up = layer.gate_up(h).chunk(2, dim=-1)
-            x = x + layer.down(F.silu(gate) * up)
-        return rms_norm(x, self.norm, cfg.rms_norm_eps)
+            x, h = add_rms_norm(x, layer.o(attend(i, layer.qkv(h), cos, sin)), layer.mlp_norm, eps)
+            next_norm = self.layers[i + 1].attn_norm if i + 1 < len(self.layers) else self.norm
+            x, h = add_rms_norm(x, layer.down(silu_mul(layer.gate_up(h))), next_norm, eps)
+        return h
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.lm_head(hidden).float()
@@ -171,11 +151,14 @@ class Transformer:
         """Run the prompt [Lp] once, store its KV as the shared prefix, return the last position's logits [V]."""
         Lp = tokens.shape[0]
         positions = torch.arange(Lp, device=self.device).unsqueeze(0)
+        cfg = self.cfg
 
-        def attend(i, q, k, v):
+        def attend(i, qkv, cos, sin):
+            q, k, v = split_heads(qkv, cfg.num_heads, cfg.num_kv_heads, cos, sin)
             cache.prefix_k[i].copy_(k[0])
             cache.prefix_v[i].copy_(v[0])
-            return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.scale, enable_gqa=True)
+            o = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.scale, enable_gqa=True)
+            return o.transpose(1, 2).reshape(1, Lp, -1)
 
         hidden = self._forward(tokens.unsqueeze(0).to(self.device), positions, attend)
         return self.logits(hidden[0, -1])
@@ -196,9 +179,13 @@ class Transformer:
         if span > cache.capacity:  # checked where lens is already read on the host; graphs never sync
             raise TTSPlanError(f"a branch outgrew its KV capacity of {cache.capacity} tokens")
 
-        def attend(i, q, k, v):
-            cache.write_suffix(i, k, v)
-            return relay_attention(q, cache.prefix_k[i], cache.prefix_v[i], cache.suffix_k[i][:B, :, :span],
-                                   cache.suffix_v[i][:B, :, :span], lens + nq, self.scale)
+        cfg, seen = self.cfg, lens + nq
+
+        def attend(i, qkv, cos, sin):
+            q = rope_and_store(qkv, cos, sin, cache.suffix_k[i], cache.suffix_v[i], lens, cfg.num_heads, cfg.num_kv_heads)
+            out = torch.empty(B, nq, cfg.num_heads, cfg.head_dim, device=qkv.device, dtype=qkv.dtype)
+            relay_attention(q, cache.prefix_k[i], cache.prefix_v[i], cache.suffix_k[i][:B, :, :span],
+                            cache.suffix_v[i][:B, :, :span], seen, self.scale, out=out.transpose(1, 2))
+            return out.view(B, nq, -1)
 
         return self.logits(self._forward(tokens.to(self.device), positions, attend))

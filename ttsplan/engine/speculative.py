@@ -131,7 +131,9 @@ def generate_speculative(target: Transformer, draft: Transformer, prompt: list[i
         m = torch.tensor(lengths, device=target.device)
         last = torch.tensor([t[-1] for t in toks], device=target.device).view(B, 1)
 
-        # Draft: k steps for all live branches; the first also re-feeds T[m-2] (see module doc).
+        # Draft: kr steps for all live branches; the first also re-feeds T[m-2] (see module doc).
+        # The last rounds draft no more than the longest-lived branch can still emit.
+        kr = max(1, min(k, max(params.max_new_tokens - n for n in lengths) - 1))
         ts = time.perf_counter()
         if min(lengths) >= 2:
             d_cache.lens[:B] = m - 2
@@ -140,7 +142,7 @@ def generate_speculative(target: Transformer, draft: Transformer, prompt: list[i
             feed = last
         drafts, q = [], []
         fed = sum(lengths)
-        for j in range(k):
+        for j in range(kr):
             stats.bytes_read += step_bytes(draft.cfg, d_cache.prefix_len, fed + j * B, draft.dtype)
             d_logits = draft.decode(feed, d_cache)[:, -1]
             d_cache.lens[:B] += feed.shape[1]
@@ -153,7 +155,7 @@ def generate_speculative(target: Transformer, draft: Transformer, prompt: list[i
         spec.draft_s += tv - ts
 
         # Verify: the target scores [last, d1..dk] for every branch in one pass.
-        stats.bytes_read += step_bytes(cfg, t_cache.prefix_len, fed + k * B, target.dtype)
+        stats.bytes_read += step_bytes(cfg, t_cache.prefix_len, fed + kr * B, target.dtype)
         t_logits = target.decode(torch.cat([last, drafts], dim=1), t_cache)
         n_acc, nxt = accept_drafts(token_probs(t_logits, params), q, drafts, gen)
         emitted = torch.cat([drafts, torch.zeros_like(nxt).view(B, 1)], dim=1)
@@ -164,7 +166,7 @@ def generate_speculative(target: Transformer, draft: Transformer, prompt: list[i
 
         # Commit: the target keeps [last, d1..d_n]; the draft keeps what it fed of those.
         t_cache.lens[:B] += n_acc + 1
-        d_cache.lens[:B] = m + n_acc.clamp(max=k - 1)
+        d_cache.lens[:B] = m + n_acc.clamp(max=kr - 1)
         n_list = n_acc.tolist()
         for b, n_ok, row_toks, row_lps in zip(rows, n_list, emitted.tolist(), logprobs.tolist()):
             for tok, lp in zip(row_toks[:n_ok + 1], row_lps[:n_ok + 1]):
@@ -174,7 +176,7 @@ def generate_speculative(target: Transformer, draft: Transformer, prompt: list[i
                 stats.new_tokens += 1
                 stats.decode_tokens += 1
                 spec.emitted += 1
-            for i in range(min(n_ok + 1, k)):
+            for i in range(min(n_ok + 1, kr)):
                 spec.reached[i] += 1
                 spec.accepted[i] += i < n_ok
         spec.accept_counts.append(n_list)
