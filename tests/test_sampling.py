@@ -1,7 +1,7 @@
 """Sampling transforms against direct definitions, and the sampler's distribution."""
 import torch
 
-from ttsplan.engine.sampling import SamplingParams, draw, nucleus, token_probs
+from ttsplan.engine.sampling import SamplingParams, draw, nucleus, token_probs, uniforms
 
 
 def full_sort_nucleus(probs, top_p):
@@ -37,7 +37,7 @@ def test_top_k_temperature_and_greedy():
 
 def test_draw_follows_the_distribution_and_skips_zeros():
     probs = torch.tensor([0.0, 0.5, 0.0, 0.2, 0.3, 0.0]).expand(20000, -1)
-    tokens = draw(probs, torch.Generator().manual_seed(1))
+    tokens = draw(probs, uniforms(torch.Generator().manual_seed(1), len(probs)))
     freq = torch.bincount(tokens, minlength=6).float() / len(tokens)
     assert freq[[0, 2, 5]].eq(0).all()
     assert torch.allclose(freq, probs[0], atol=0.015)

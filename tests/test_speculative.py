@@ -6,7 +6,7 @@ from scipy.stats import chi2_contingency
 import ttsplan.engine.speculative as speculative
 from ttsplan.engine.generate import generate
 from ttsplan.engine.model import Transformer
-from ttsplan.engine.sampling import SamplingParams, draw
+from ttsplan.engine.sampling import SamplingParams, draw, uniforms
 from ttsplan.engine.speculative import generate_speculative
 from ttsplan.errors import TTSPlanError
 from reference import assert_teacher_forced_logprobs, chat_ids
@@ -65,7 +65,7 @@ def resample_from_target_on_rejection(p, q, drafts, gen):
     at = n_acc.clamp(max=k - 1)
     rows = torch.arange(len(n_acc))
     final = torch.where((n_acc == k).unsqueeze(-1), p[:, k], p[rows, at])
-    return n_acc, draw(final, gen)
+    return n_acc, draw(final, uniforms(gen, final.shape[0]))
 
 
 ACCEPT = speculative.accept_drafts

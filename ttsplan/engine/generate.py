@@ -12,7 +12,7 @@ import torch
 from ttsplan.engine.config import ModelConfig
 from ttsplan.engine.kv_cache import KVCache
 from ttsplan.engine.model import Transformer
-from ttsplan.engine.sampling import SamplingParams, chosen_logprobs, draw, token_probs
+from ttsplan.engine.sampling import SamplingParams, sample, uniforms
 from ttsplan.errors import TTSPlanError
 from ttsplan.hardware import synchronize
 
@@ -67,12 +67,13 @@ def append(branch: Branch, token: int, logprob: float, eos_ids: set[int], params
         branch.finish = "length"
 
 
-def decoder(model: Transformer, cache: KVCache, n: int, cuda_graphs: bool):
-    """One decode step for the live rows, tokens [B, 1] -> logits [B, V]: graph replay on a GPU."""
+def decoder(model: Transformer, cache: KVCache, n: int, params: SamplingParams, cuda_graphs: bool):
+    """One decode step and sampling for the live rows, (tokens [B, 1], u [B]) -> (next tokens [B],
+    log-probs [B]): graph replay on a GPU."""
     if cuda_graphs and model.device.type == "cuda":
         from ttsplan.engine.cuda_graphs import GraphDecoder
-        return GraphDecoder(model, cache, n)
-    return lambda tokens: model.decode(tokens, cache)[:, -1]
+        return GraphDecoder(model, cache, n, params)
+    return lambda tokens, u: sample(model.decode(tokens, cache)[:, -1], params, u)
 
 
 def generate(model: Transformer, prompt: list[int], n: int, params: SamplingParams,
@@ -86,16 +87,15 @@ def generate(model: Transformer, prompt: list[int], n: int, params: SamplingPara
 
     t0 = time.perf_counter()
     logits = model.prefill(torch.tensor(prompt, dtype=torch.long), cache).expand(n, -1)
+    tokens, logprobs = sample(logits, params, uniforms(gen, n))
     synchronize(model.device)
     stats.prefill_s = time.perf_counter() - t0
-    step = decoder(model, cache, n, cuda_graphs)
+    step = decoder(model, cache, n, params, cuda_graphs)
     synchronize(model.device)
     stats.capture_s = time.perf_counter() - t0 - stats.prefill_s
     t0 = time.perf_counter()
     rows = list(range(n))  # branch id held by each live cache row
     while True:
-        tokens = draw(token_probs(logits, params), gen)
-        logprobs = chosen_logprobs(logits, tokens)
         for row, (tok, lp) in enumerate(zip(tokens.tolist(), logprobs.tolist())):
             append(branches[rows[row]], tok, lp, eos_ids, params)
         if stats.steps:
@@ -108,7 +108,7 @@ def generate(model: Transformer, prompt: list[int], n: int, params: SamplingPara
         rows = [rows[r] for r in keep]
         last = tokens[torch.tensor(keep, device=tokens.device)].view(-1, 1)
         stats.bytes_read += step_bytes(cfg, cache.prefix_len, sum(len(branches[b].tokens) for b in rows), model.dtype)
-        logits = step(last)
+        tokens, logprobs = step(last, uniforms(gen, len(rows)))
         cache.lens[:len(rows)] += 1
         stats.steps += 1
         if on_step:

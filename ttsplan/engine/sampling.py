@@ -42,9 +42,11 @@ def nucleus(probs: torch.Tensor, top_p: float, candidates: tuple[int, ...] = (10
 
     Sorting the whole vocabulary every step is slow (70 ms for 8 x 152k on a 2-core CPU); the
     nucleus lies inside the top-k tokens whenever their mass already reaches top_p, so try a
-    few growing k first and sort everything only when none suffices.
+    few growing k first and sort everything only when none suffices.  On a GPU the sort is
+    cheap and that check would stall the host every step (and cannot be captured in a CUDA
+    graph), so it sorts outright.
     """
-    for k in candidates:
+    for k in () if probs.is_cuda else candidates:
         if k < probs.shape[-1]:
             top, order = probs.topk(k, dim=-1)
             if bool((top.sum(-1) >= top_p).all()):
@@ -57,12 +59,22 @@ def nucleus(probs: torch.Tensor, top_p: float, candidates: tuple[int, ...] = (10
     return kept / kept.sum(-1, keepdim=True)
 
 
-def draw(probs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """One token per row of probs [..., V] by inverse CDF: one uniform per row, exact, O(V)."""
+def uniforms(generator: torch.Generator, *shape: int) -> torch.Tensor:
+    return torch.rand(*shape, generator=generator, device=generator.device)
+
+
+def draw(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """One token per row of probs [..., V] at the uniforms u [...] by inverse CDF: exact, O(V)."""
     cdf = probs.cumsum(-1)
-    u = torch.rand(*probs.shape[:-1], 1, generator=generator, device=probs.device, dtype=cdf.dtype) * cdf[..., -1:]
-    # First index whose cdf exceeds u: never a zero-probability token.
-    return torch.searchsorted(cdf, u, right=True).clamp_(max=probs.shape[-1] - 1).squeeze(-1)
+    x = u.to(cdf.dtype).unsqueeze(-1) * cdf[..., -1:]
+    # First index whose cdf exceeds x: never a zero-probability token.
+    return torch.searchsorted(cdf, x, right=True).clamp_(max=probs.shape[-1] - 1).squeeze(-1)
+
+
+def sample(logits: torch.Tensor, params: SamplingParams, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """logits [B, V] -> (tokens [B] drawn at the uniforms u [B], their log-probabilities [B])."""
+    tokens = draw(token_probs(logits, params), u)
+    return tokens, chosen_logprobs(logits, tokens)
 
 
 def chosen_logprobs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:

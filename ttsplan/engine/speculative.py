@@ -20,7 +20,7 @@ import torch
 from ttsplan.engine.generate import Branch, GenerationStats, append, check_request, step_bytes
 from ttsplan.engine.kv_cache import KVCache
 from ttsplan.engine.model import Transformer
-from ttsplan.engine.sampling import SamplingParams, chosen_logprobs, draw, token_probs
+from ttsplan.engine.sampling import SamplingParams, chosen_logprobs, draw, sample, token_probs, uniforms
 from ttsplan.errors import TTSPlanError
 from ttsplan.hardware import synchronize
 
@@ -75,7 +75,7 @@ def accept_drafts(p: torch.Tensor, q: torch.Tensor, drafts: torch.Tensor, gen: t
     empty = residual.sum(-1, keepdim=True) <= 0  # p == q there: rejection cannot happen, keep p
     residual = torch.where(empty, p[rows, at], residual)
     final = torch.where((n_acc == k).unsqueeze(-1), p[:, k], residual)
-    return n_acc, draw(final, gen)
+    return n_acc, draw(final, uniforms(gen, B))
 
 
 def check_pair(target_tokenizer, draft_tokenizer, target_name: str, draft_name: str) -> None:
@@ -110,8 +110,8 @@ def generate_speculative(target: Transformer, draft: Transformer, prompt: list[i
     prompt_t = torch.tensor(prompt, dtype=torch.long)
     logits = target.prefill(prompt_t, t_cache).expand(n, -1)
     draft.prefill(prompt_t, d_cache)
-    first = draw(token_probs(logits, params), gen)
-    for b, tok, lp in zip(branches, first.tolist(), chosen_logprobs(logits, first).tolist()):
+    first, first_lps = sample(logits, params, uniforms(gen, n))
+    for b, tok, lp in zip(branches, first.tolist(), first_lps.tolist()):
         append(b, tok, lp, eos_ids, params)
     synchronize(target.device)
     stats.prefill_s, stats.new_tokens = time.perf_counter() - t0, n
@@ -147,7 +147,7 @@ def generate_speculative(target: Transformer, draft: Transformer, prompt: list[i
             d_logits = draft.decode(feed, d_cache)[:, -1]
             d_cache.lens[:B] += feed.shape[1]
             q.append(token_probs(d_logits, draft_params))
-            drafts.append(draw(q[-1], gen))
+            drafts.append(draw(q[-1], uniforms(gen, B)))
             feed = drafts[-1].view(B, 1)
         drafts, q = torch.stack(drafts, 1), torch.stack(q, 1)
         synchronize(target.device)
