@@ -120,7 +120,7 @@ def _branch_program(pid, Q, PK, PV, SK, SV, LENS, O, L, sq_b, sq_h, sq_t, spk_h,
 @triton.jit
 def _store_partial(O, L, split, b, h, i, row_ok, m, s, acc, so_s, so_b, so_h, so_t, sl_s, sl_b, sl_h, D: tl.constexpr):
     d = tl.arange(0, D)
-    lse = tl.where(s > 0, m + tl.log(s), float("-inf"))
+    lse = tl.where(s > 0, m + tl.log(tl.where(s > 0, s, 1.0)), float("-inf"))
     out = acc / tl.where(s > 0, s, 1.0)[:, None]
     tl.store(O + split * so_s + b[:, None] * so_b + h[:, None] * so_h + i[:, None] * so_t + d[None, :], out, mask=row_ok[:, None])
     tl.store(L + split * sl_s + b * sl_b + h * sl_h + i, lse, mask=row_ok)
