@@ -10,9 +10,12 @@ from ttsplan.kernels import layer_ops_ref
 from ttsplan.kernels.relay_attention_ref import merge_by_lse, relay_attention_ref
 
 
-def _triton_layer_ops():
-    from ttsplan.kernels import layer_ops_triton
-    return layer_ops_triton
+def _layer_ops(x: torch.Tensor):
+    """The module holding the layer kernels for x's device."""
+    if x.is_cuda:
+        from ttsplan.kernels import layer_ops_triton
+        return layer_ops_triton
+    return layer_ops_ref
 
 
 def relay_attention(q, prefix_k, prefix_v, suffix_k, suffix_v, suffix_lens, scale: float,
@@ -26,16 +29,15 @@ def relay_attention(q, prefix_k, prefix_v, suffix_k, suffix_v, suffix_lens, scal
 
 def add_rms_norm(x, y, weight, eps: float):
     """(x + y, RMSNorm(x + y) * weight); on a GPU x is updated in place."""
-    return (_triton_layer_ops() if x.is_cuda else layer_ops_ref).add_rms_norm(x, y, weight, eps)
+    return _layer_ops(x).add_rms_norm(x, y, weight, eps)
 
 
 def silu_mul(gate_up):
-    return (_triton_layer_ops() if gate_up.is_cuda else layer_ops_ref).silu_mul(gate_up)
+    return _layer_ops(gate_up).silu_mul(gate_up)
 
 
 def rope_and_store(qkv, cos, sin, cache_k, cache_v, lens, num_heads: int, num_kv_heads: int):
-    ops = _triton_layer_ops() if qkv.is_cuda else layer_ops_ref
-    return ops.rope_and_store(qkv, cos, sin, cache_k, cache_v, lens, num_heads, num_kv_heads)
+    return _layer_ops(qkv).rope_and_store(qkv, cos, sin, cache_k, cache_v, lens, num_heads, num_kv_heads)
 
 
 __all__ = ["add_rms_norm", "merge_by_lse", "relay_attention", "relay_attention_ref", "rope_and_store", "silu_mul"]

@@ -49,15 +49,18 @@ def time_random_weights(config: str, device: str, n: int, params: SamplingParams
     prompt = torch.randint(0, model.cfg.vocab_size, (prompt_len,),
                            generator=torch.Generator().manual_seed(params.seed)).tolist()
 
-    def once(p: SamplingParams):
-        if draft:
-            return generate_speculative(model, draft, prompt, n, p, set(), draft_len)
-        return (*generate(model, prompt, n, p, set()), None)
-
-    once(SamplingParams(max_new_tokens=4, ignore_eos=True))  # compile kernels once
-    t0 = time.perf_counter()
-    _, stats, spec = once(params)
+    generate_branches(model, prompt, n, SamplingParams(max_new_tokens=4, ignore_eos=True), set(), draft, draft_len)
+    t0 = time.perf_counter()  # after the run above has compiled the kernels
+    _, stats, spec = generate_branches(model, prompt, n, params, set(), draft, draft_len)
     return stats, spec, time.perf_counter() - t0
+
+
+def generate_branches(model: Transformer, prompt: list[int], n: int, params: SamplingParams, eos_ids: set[int],
+                      draft: Transformer | None = None, draft_len: int = 0, on_step=None):
+    """generate(), or generate_speculative() with a draft model: (branches, stats, SpecStats or None)."""
+    if draft is not None:
+        return generate_speculative(model, draft, prompt, n, params, eos_ids, draft_len, on_step=on_step)
+    return (*generate(model, prompt, n, params, eos_ids, on_step), None)
 
 
 def encode(engine: Engine, question: str) -> list[int]:
@@ -94,12 +97,9 @@ def load_draft(target: Engine, name_or_path: str, length: int, device: str = "cp
 def solve(engine: Engine, question: str, n: int, params: SamplingParams, rule: str = "majority",
           task: str = "gsm8k", on_step=None, draft: Draft | None = None) -> Solved:
     t0 = time.perf_counter()
-    prompt, spec = encode(engine, question), None
-    if draft:
-        branches, stats, spec = generate_speculative(engine.model, draft.engine.model, prompt, n, params,
-                                                     engine.eos_ids, draft.length, on_step=on_step)
-    else:
-        branches, stats = generate(engine.model, prompt, n, params, engine.eos_ids, on_step)
+    branches, stats, spec = generate_branches(engine.model, encode(engine, question), n, params, engine.eos_ids,
+                                              draft.engine.model if draft else None, draft.length if draft else 0,
+                                              on_step)
     texts = [engine.tokenizer.decode(b.tokens, skip_special_tokens=True) for b in branches]
     answers = [EXTRACTORS[task](t) for t in texts]
     weights = [branch_weight(b.logprobs, rule) for b in branches]
