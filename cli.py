@@ -60,6 +60,8 @@ def vote_table(solved) -> Table:
     unparsed = sum(a is None for a in solved.answers)
     if unparsed:
         table.add_row("(no answer)", str(unparsed), "-")
+    if solved.cut_off:
+        table.caption = f"{solved.cut_off} of {len(solved.branches)} branches were cut off at the token limit"
     return table
 
 
@@ -164,12 +166,12 @@ def run(
         console.print(f"[bold]answer:[/] {solved.answer}")
         return
 
-    key = run_key(model=model, dataset=dataset, branches=branches, vote=vote_rule, params=params.__dict__,
+    key = run_key(model=model, dataset=dataset, branches=branches, vote=vote_rule, params=params.__dict__, grader=2,
                   draft=draft, draft_len=draft_len if draft else 0)
     out = results or home() / "runs" / f"{dataset}-{Path(model).name}-n{branches}-{key}.jsonl"
     done = load_results(out)
     table = Table(title=f"{dataset}: {model}, {branches} branches, {vote_rule} vote")
-    for col in ("problem", "gold", "answer", "correct", "latency s", "tokens"):
+    for col in ("problem", "gold", "answer", "correct", "latency s", "tokens", "cut off"):
         table.add_column(col, justify="right")
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console) as progress:
@@ -177,18 +179,18 @@ def run(
         for p in problems:
             if p.id not in done:
                 solved = solve(engine, p.question, branches, params, vote_rule, task=dataset, draft=spec_draft)
-                done[p.id] = result_row(p.id, p.gold, solved)
+                done[p.id] = result_row(p.id, p.gold, solved, dataset)
                 append_result(out, done[p.id])
             progress.advance(task)
     rows = [done[p.id] for p in problems]
     for r in rows:
         table.add_row(r["id"], r["gold"], str(r["answer"]), "yes" if r["correct"] else "no",
-                      f"{r['latency_s']:.1f}", str(r["new_tokens"]))
+                      f"{r['latency_s']:.1f}", str(r["new_tokens"]), str(r["cut_off"]))
     correct = sum(r["correct"] for r in rows)
     total_s = sum(r["latency_s"] for r in rows)
     table.add_section()
     table.add_row("total", "", "", f"{correct}/{len(rows)} ({correct / len(rows):.0%})", f"{total_s:.1f}",
-                  str(sum(r["new_tokens"] for r in rows)))
+                  str(sum(r["new_tokens"] for r in rows)), str(sum(r["cut_off"] for r in rows)))
     console.print(table)
     console.print(f"results: {out}")
 

@@ -1,70 +1,145 @@
-"""Final-answer extraction and normalization for GSM8K (numbers) and MATH (\\boxed{} expressions)."""
+"""Final answers: where a branch states one, what it says, and whether two answers are the same.
+
+What is ours to decide is kept small:
+  - a final answer is stated by \\boxed{...} (or \\fbox{...}), or by '#### N' on GSM8K; the last
+    non-empty one is the branch's answer;
+  - a branch that finished (EOS) without one falls back to its last number (GSM8K) or to
+    math-verify's own extraction from the text (MATH); a branch cut off at the token limit has no
+    answer unless it stated one (an unfinished derivation's last number is not an answer).
+Whether two answers agree is not ours: MATH answers are parsed and compared by Hugging Face's
+math-verify (LaTeX, fractions, mixed numbers, intervals, sets and tuples, percentages, units,
+\\text{}); GSM8K answers are numbers, read in every written form (thousands separators such as
+1,000 / 1{,}000 / 10,\\!000, currency and percent signs, units, a trailing period), with LaTeX
+numbers (\\frac{5}{2}, 2\\frac{1}{2}) handed to math-verify.
+"""
 import re
+from dataclasses import dataclass
 from fractions import Fraction
 
-NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?|-?\.\d+")
+TASKS = ("gsm8k", "math500")
+BOX_COMMANDS = ("\\boxed", "\\fbox")
+PLAIN_NUMBER = re.compile(r"-?(?:\d+(?:\.\d*)?|\.\d+)")
+# A number in running text: digit groups of three after a comma are thousands, not a list.
+NUMBER_IN_TEXT = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?|-?\d+(?:\.\d+)?|-?\.\d+")
 
 
-def last_boxed(text: str) -> str | None:
-    """Content of the last \\boxed{...} (or \\fbox{...}), braces balanced; None when absent or unclosed."""
-    start = max(text.rfind("\\boxed"), text.rfind("\\fbox"))
-    if start < 0:
+@dataclass(frozen=True)
+class Stated:
+    """A final answer stated in a text: its content and the character offset just past it."""
+    answer: str
+    end: int
+
+
+def stated_answers(text: str) -> list[Stated]:
+    """Every closed, non-empty \\boxed{}/\\fbox{} and '#### N' in the text, in order of their end."""
+    found = []
+    for command in BOX_COMMANDS:
+        start = text.find(command)
+        while start >= 0:
+            brace = start + len(command)
+            while brace < len(text) and text[brace] == " ":
+                brace += 1
+            if brace < len(text) and text[brace] == "{":
+                depth = 0
+                for j in range(brace, len(text)):
+                    depth += {"{": 1, "}": -1}.get(text[j], 0)
+                    if depth == 0:
+                        if text[brace + 1:j].strip():
+                            found.append(Stated(text[brace + 1:j].strip(), j + 1))
+                        break
+            start = text.find(command, start + 1)
+    for m in re.finditer(r"####\s*([^\n]+)", text):
+        found.append(Stated(m.group(1).strip(), m.end()))
+    return sorted(found, key=lambda s: s.end)
+
+
+def extract_answer(text: str, task: str, finished: bool = True) -> str | None:
+    """The branch's final answer as written, or None.  finished=False: the branch was cut off at
+    the token limit, and only a stated final answer counts."""
+    stated = stated_answers(text)
+    if stated:
+        return stated[-1].answer
+    if not finished:
         return None
-    i = text.find("{", start)
-    if i < 0:
-        return None
-    depth = 0
-    for j in range(i, len(text)):
-        depth += {"{": 1, "}": -1}.get(text[j], 0)
-        if depth == 0:
-            return text[i + 1:j]
+    if task == "gsm8k":
+        numbers = NUMBER_IN_TEXT.findall(text)
+        return numbers[-1] if numbers else None
+    parsed = _math_verify_parse(text, wrap=False)
+    return parsed[1] if len(parsed) > 1 else None
+
+
+def _math_verify_parse(text: str, wrap: bool = True):
+    from math_verify import parse
+    try:
+        return parse(f"${text}$" if wrap else text)
+    except Exception:  # math-verify raises on some malformed LaTeX: not an answer
+        return []
+
+
+def _strip_text_commands(s: str) -> str:
+    return re.sub(r"\\(?:text|textbf|mathrm|mbox)\s*\{([^{}]*)\}", r" \1 ", s)
+
+
+def gsm8k_number(answer: str) -> Fraction | None:
+    """A GSM8K answer as an exact number: '1,000', '1{,}000', '10,\\!000', '\\$1,200.00', '25\\%',
+    '18.', '18 apples', 'x = 18', '\\frac{5}{2}', '2\\frac{1}{2}'; None for a list ('-2, 3') or text."""
+    s = _strip_text_commands(answer)
+    s = s.replace("{,}", ",").replace("\\!", "").replace("\\,", "").replace("\\ ", " ").replace("\\$", "")
+    s = s.replace("$", "").replace("\\%", "").replace("%", "").replace("\\left", "").replace("\\right", "")
+    s = s.split("=")[-1]
+    s = re.sub(r"(?<=\d),(?=\d{3}(?:\D|$))", "", s)          # thousands separators
+    s = re.sub(r"[A-Za-z][A-Za-z ]*(?:\^\{?\d\}?)?\.?$", "", s.strip())  # trailing units or words
+    s = s.strip().rstrip(".").strip()
+    if PLAIN_NUMBER.fullmatch(s):
+        return Fraction(s)
+    if "\\" in s:  # a LaTeX number: fractions, mixed numbers
+        parsed = _math_verify_parse(s)
+        if parsed and getattr(parsed[0], "is_number", False) and parsed[0].is_finite:
+            try:
+                return Fraction(str(parsed[0].nsimplify() if hasattr(parsed[0], "nsimplify") else parsed[0]))
+            except (ValueError, ZeroDivisionError, TypeError):
+                return None
     return None
 
 
-def normalize_number(s: str) -> str | None:
-    """'1,234.50' -> '1234.5', '3.0' -> '3', '-0' -> '0', '$12' -> '12', '3/4' -> '3/4'; None if not a number."""
-    s = s.strip().replace(",", "").replace("$", "").replace("\\%", "").rstrip("%").rstrip(".").strip()
-    s = re.sub(r"\\(?:d|t)?frac\{(-?\d+)\}\{(\d+)\}", r"\1/\2", s)
-    try:
-        value = Fraction(s)
-    except (ValueError, ZeroDivisionError):
+def parse_answer(answer: str | None, task: str):
+    """The comparable form of an answer: an exact number (GSM8K) or math-verify's parse (MATH);
+    None when it cannot be read."""
+    if answer is None:
         return None
-    if value.denominator == 1:
-        return str(value.numerator)
-    as_decimal = f"{float(value):.10f}".rstrip("0").rstrip(".")
-    return as_decimal if Fraction(as_decimal) == value else f"{value.numerator}/{value.denominator}"
+    if task == "gsm8k":
+        return gsm8k_number(answer)
+    return _math_verify_parse(answer) or None
 
 
-def extract_gsm8k(text: str) -> str | None:
-    """\\boxed{} if present, else the number after '####', else the last number in the text."""
-    boxed = last_boxed(text)
-    if boxed is not None and (n := normalize_number(boxed)) is not None:
-        return n
-    if "####" in text:
-        m = NUMBER.search(text.split("####")[-1])
-        if m:
-            return normalize_number(m.group())
-    numbers = NUMBER.findall(text)
-    return normalize_number(numbers[-1]) if numbers else None
+def same_answer(a, b, task: str) -> bool:
+    """Two parsed answers are the same answer (never true when either is unreadable)."""
+    if a is None or b is None:
+        return False
+    if task == "gsm8k":
+        return a == b
+    from math_verify import verify
+    try:
+        return verify(a, b) or verify(b, a)
+    except Exception:
+        return False
 
 
-def normalize_math(s: str) -> str:
-    """Light canonical form of a MATH answer: no spacing, \\left/\\right, \\text{}, degree or dollar marks."""
-    s = s.strip()
-    s = re.sub(r"\\text\{\s*([^{}]*)\}", r"\1", s)
-    for old, new in (("\\left", ""), ("\\right", ""), ("\\!", ""), ("\\,", ""), ("\\;", ""), ("\\ ", ""),
-                     ("dfrac", "frac"), ("tfrac", "frac"), ("^\\circ", ""), ("^{\\circ}", ""),
-                     ("\\$", ""), ("$", ""), ("\\%", ""), ("%", "")):
-        s = s.replace(old, new)
-    s = re.sub(r"\s+", "", s).rstrip(".")
-    s = re.sub(r"\\frac(\d)(\d)", r"\\frac{\1}{\2}", s)
-    number = normalize_number(s)
-    return number if number is not None else s
+def group_answers(answers: list[str | None], task: str) -> tuple[list[int | None], list]:
+    """Equivalence classes of answers that verify as equal, in order of first appearance:
+    (class index per answer, None where unreadable; the parsed representative of each class)."""
+    classes, representatives, cache = [], [], {}
+    for answer in answers:
+        if answer not in cache:
+            parsed = parse_answer(answer, task)
+            cache[answer] = None if parsed is None else next(
+                (i for i, rep in enumerate(representatives) if same_answer(rep, parsed, task)), None)
+            if parsed is not None and cache[answer] is None:
+                representatives.append(parsed)
+                cache[answer] = len(representatives) - 1
+        classes.append(cache[answer])
+    return classes, representatives
 
 
-def extract_math(text: str) -> str | None:
-    boxed = last_boxed(text)
-    return normalize_math(boxed) if boxed is not None else None
-
-
-EXTRACTORS = {"gsm8k": extract_gsm8k, "math500": extract_math}
+def is_correct(answer: str | None, gold: str, task: str) -> bool:
+    return same_answer(parse_answer(answer, task), parse_answer(gold, task), task)

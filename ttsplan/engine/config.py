@@ -1,4 +1,5 @@
 """ModelConfig: the few numbers of a Llama/Qwen2 checkpoint the engine needs, read from config.json."""
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,6 +77,14 @@ class ModelConfig:
             return cls.from_dict(json.loads(Path(path).read_text()))
         except (OSError, json.JSONDecodeError, KeyError) as e:
             raise TTSPlanError(f"cannot read a model config in {path}: {e}") from e
+
+    def shape_hash(self) -> str:
+        """What a step's cost depends on: the tensor shapes (not rope, window or head tying, which a
+        decode step's reads and FLOPs do not see).  Real weights and a random-weight shipped shape
+        with the same shapes share it, so a device profile of one serves the other."""
+        shape = (self.hidden_size, self.intermediate_size, self.num_layers, self.num_heads, self.num_kv_heads,
+                 self.head_dim, self.vocab_size, self.attention_bias)
+        return hashlib.sha256(repr(shape).encode()).hexdigest()[:12]
 
     def weight_bytes(self, dtype_bytes: int) -> int:
         """Bytes of weights read per decode step (embedding rows are gathered, not read whole)."""

@@ -18,7 +18,7 @@ def bucket(batch: int, max_batch: int) -> int:
 
 
 class GraphDecoder:
-    """step(tokens [B, 1], u [B]) -> (next tokens [B], their log-probs [B]) for the first B cache rows."""
+    """step(tokens [B, 1], u [B]) -> (next tokens [B], log-probs [B], confidences [B]) for the first B cache rows."""
 
     def __init__(self, model: Transformer, cache: KVCache, max_batch: int, params: SamplingParams):
         self.model, self.cache, self.max_batch, self.params = model, cache, max_batch, params
@@ -45,7 +45,7 @@ class GraphDecoder:
         self.graphs[bs] = graph
         self.cache.lens.copy_(saved_lens)  # capture wrote only uncommitted KV; lengths are as before
 
-    def __call__(self, tokens: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(self, tokens: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, ...]:
         B = tokens.shape[0]
         bs = bucket(B, self.max_batch)
         self.tokens[:B].copy_(tokens)
@@ -55,5 +55,4 @@ class GraphDecoder:
         if bs not in self.graphs:
             self._capture(bs)
         self.graphs[bs].replay()
-        next_tokens, logprobs = self.outputs[bs]
-        return next_tokens[:B], logprobs[:B]
+        return tuple(out[:B] for out in self.outputs[bs])

@@ -21,6 +21,7 @@ from ttsplan.hardware import synchronize
 class Branch:
     tokens: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
+    confidences: list[float] = field(default_factory=list)  # DeepConf token confidence, per token
     finish: str = ""  # "eos" or "length" once done
 
 
@@ -58,9 +59,11 @@ def step_bytes(cfg: ModelConfig, prefix_len: int, suffix_tokens: int, dtype: tor
     return cfg.weight_bytes(width) + kv_token * (prefix_len + suffix_tokens)
 
 
-def append(branch: Branch, token: int, logprob: float, eos_ids: set[int], params: SamplingParams) -> None:
+def append(branch: Branch, token: int, logprob: float, confidence: float, eos_ids: set[int],
+           params: SamplingParams) -> None:
     branch.tokens.append(token)
     branch.logprobs.append(logprob)
+    branch.confidences.append(confidence)
     if token in eos_ids and not params.ignore_eos:
         branch.finish = "eos"
     elif len(branch.tokens) >= params.max_new_tokens:
@@ -69,7 +72,7 @@ def append(branch: Branch, token: int, logprob: float, eos_ids: set[int], params
 
 def decoder(model: Transformer, cache: KVCache, n: int, params: SamplingParams, cuda_graphs: bool):
     """One decode step and sampling for the live rows, (tokens [B, 1], u [B]) -> (next tokens [B],
-    log-probs [B]): graph replay on a GPU."""
+    log-probs [B], confidences [B]): graph replay on a GPU."""
     if cuda_graphs and model.device.type == "cuda":
         from ttsplan.engine.cuda_graphs import GraphDecoder
         return GraphDecoder(model, cache, n, params)
@@ -87,7 +90,7 @@ def generate(model: Transformer, prompt: list[int], n: int, params: SamplingPara
 
     t0 = time.perf_counter()
     logits = model.prefill(torch.tensor(prompt, dtype=torch.long), cache).expand(n, -1)
-    tokens, logprobs = sample(logits, params, uniforms(gen, n))
+    tokens, logprobs, confs = sample(logits, params, uniforms(gen, n))
     synchronize(model.device)
     stats.prefill_s = time.perf_counter() - t0
     step = decoder(model, cache, n, params, cuda_graphs)
@@ -96,8 +99,8 @@ def generate(model: Transformer, prompt: list[int], n: int, params: SamplingPara
     t0 = time.perf_counter()
     rows = list(range(n))  # branch id held by each live cache row
     while True:
-        for row, (tok, lp) in enumerate(zip(tokens.tolist(), logprobs.tolist())):
-            append(branches[rows[row]], tok, lp, eos_ids, params)
+        for row, (tok, lp, c) in enumerate(zip(tokens.tolist(), logprobs.tolist(), confs.tolist())):
+            append(branches[rows[row]], tok, lp, c, eos_ids, params)
         if stats.steps:
             stats.decode_tokens += len(rows)
         stats.new_tokens += len(rows)
@@ -108,7 +111,7 @@ def generate(model: Transformer, prompt: list[int], n: int, params: SamplingPara
         rows = [rows[r] for r in keep]
         last = tokens[torch.tensor(keep, device=tokens.device)].view(-1, 1)
         stats.bytes_read += step_bytes(cfg, cache.prefix_len, sum(len(branches[b].tokens) for b in rows), model.dtype)
-        tokens, logprobs = step(last, uniforms(gen, len(rows)))
+        tokens, logprobs, confs = step(last, uniforms(gen, len(rows)))
         cache.lens[:len(rows)] += 1
         stats.steps += 1
         if on_step:

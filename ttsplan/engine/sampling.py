@@ -1,13 +1,17 @@
 """Sampling: temperature, top-k, top-p on a batch of logits, seeded; greedy when temperature is 0.
 
 `token_probs` returns the distribution a token is actually drawn from, so speculative
-decoding can apply the min(1, p/q) rule to exactly these distributions.
+decoding can apply the min(1, p/q) rule to exactly these distributions.  `token_scores` gives
+what the vote rules weigh a branch by: each chosen token's log-probability and DeepConf's token
+confidence (the negated mean log-probability of the CONFIDENCE_TOP_K most likely tokens).
 """
 from dataclasses import dataclass
 
 import torch
 
 from ttsplan.errors import TTSPlanError
+
+CONFIDENCE_TOP_K = 20  # DeepConf's k: the token confidence averages the top-20 log-probabilities
 
 
 @dataclass(frozen=True)
@@ -71,12 +75,17 @@ def draw(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     return torch.searchsorted(cdf, x, right=True).clamp_(max=probs.shape[-1] - 1).squeeze(-1)
 
 
-def sample(logits: torch.Tensor, params: SamplingParams, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """logits [B, V] -> (tokens [B] drawn at the uniforms u [B], their log-probabilities [B])."""
+def sample(logits: torch.Tensor, params: SamplingParams, u: torch.Tensor):
+    """logits [B, V] -> (tokens [B] drawn at the uniforms u [B], their log-probabilities [B],
+    token confidences [B])."""
     tokens = draw(token_probs(logits, params), u)
-    return tokens, chosen_logprobs(logits, tokens)
+    return tokens, *token_scores(logits, tokens)
 
 
-def chosen_logprobs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-    """The model's own log-probability (temperature 1) of each chosen token: the confidence used by votes."""
-    return torch.log_softmax(logits.float(), dim=-1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+def token_scores(logits: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """From the model's own distribution (temperature 1): each chosen token's log-probability, and
+    DeepConf's token confidence -mean(top-k log-probabilities), large where the model is sure."""
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    chosen = logp.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+    confidence = -logp.topk(min(CONFIDENCE_TOP_K, logp.shape[-1]), dim=-1).values.mean(-1)
+    return chosen, confidence

@@ -20,7 +20,7 @@ import torch
 from ttsplan.engine.generate import Branch, GenerationStats, append, check_request, step_bytes
 from ttsplan.engine.kv_cache import KVCache
 from ttsplan.engine.model import Transformer
-from ttsplan.engine.sampling import SamplingParams, chosen_logprobs, draw, sample, token_probs, uniforms
+from ttsplan.engine.sampling import SamplingParams, draw, sample, token_probs, token_scores, uniforms
 from ttsplan.errors import TTSPlanError
 from ttsplan.hardware import synchronize
 
@@ -110,9 +110,9 @@ def generate_speculative(target: Transformer, draft: Transformer, prompt: list[i
     prompt_t = torch.tensor(prompt, dtype=torch.long)
     logits = target.prefill(prompt_t, t_cache).expand(n, -1)
     draft.prefill(prompt_t, d_cache)
-    first, first_lps = sample(logits, params, uniforms(gen, n))
-    for b, tok, lp in zip(branches, first.tolist(), first_lps.tolist()):
-        append(b, tok, lp, eos_ids, params)
+    first, first_lps, first_confs = sample(logits, params, uniforms(gen, n))
+    for b, tok, lp, c in zip(branches, first.tolist(), first_lps.tolist(), first_confs.tolist()):
+        append(b, tok, lp, c, eos_ids, params)
     synchronize(target.device)
     stats.prefill_s, stats.new_tokens = time.perf_counter() - t0, n
     t0 = time.perf_counter()
@@ -160,7 +160,7 @@ def generate_speculative(target: Transformer, draft: Transformer, prompt: list[i
         n_acc, nxt = accept_drafts(token_probs(t_logits, params), q, drafts, gen)
         emitted = torch.cat([drafts, torch.zeros_like(nxt).view(B, 1)], dim=1)
         emitted[torch.arange(B), n_acc] = nxt
-        logprobs = chosen_logprobs(t_logits, emitted)
+        logprobs, confs = token_scores(t_logits, emitted)
         synchronize(target.device)
         spec.verify_s += time.perf_counter() - tv
 
@@ -168,11 +168,12 @@ def generate_speculative(target: Transformer, draft: Transformer, prompt: list[i
         t_cache.lens[:B] += n_acc + 1
         d_cache.lens[:B] = m + n_acc.clamp(max=kr - 1)
         n_list = n_acc.tolist()
-        for b, n_ok, row_toks, row_lps in zip(rows, n_list, emitted.tolist(), logprobs.tolist()):
-            for tok, lp in zip(row_toks[:n_ok + 1], row_lps[:n_ok + 1]):
+        for b, n_ok, row_toks, row_lps, row_cs in zip(rows, n_list, emitted.tolist(), logprobs.tolist(),
+                                                      confs.tolist()):
+            for tok, lp, c in zip(row_toks[:n_ok + 1], row_lps[:n_ok + 1], row_cs[:n_ok + 1]):
                 if branches[b].finish:
                     break
-                append(branches[b], tok, lp, eos_ids, params)
+                append(branches[b], tok, lp, c, eos_ids, params)
                 stats.new_tokens += 1
                 stats.decode_tokens += 1
                 spec.emitted += 1

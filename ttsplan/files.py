@@ -1,0 +1,27 @@
+"""Atomic writes: a file appears complete or not at all, so an interrupted job leaves nothing half-written."""
+import gzip
+import json
+import os
+from pathlib import Path
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write to a temporary file beside path, sync it, then rename it over path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def write_json_gz(path: Path, obj) -> None:
+    # mtime=0: the same content gives the same bytes, so a rewrite that changes nothing shows no diff.
+    write_atomic(path, gzip.compress(json.dumps(obj, separators=(",", ":")).encode(), mtime=0))
+
+
+def read_json_gz(path: Path):
+    with gzip.open(path, "rt") as f:
+        return json.load(f)
