@@ -1,12 +1,11 @@
-"""The Typer app (installed as `ttsplan.cli`): models, run, profile, optimize."""
+"""The Typer app (installed as `ttsplan.cli`): models, profile, optimize, run.  Commands parse, call, print."""
 import functools
-import hashlib
-import json
+import re
 from pathlib import Path
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
 from ttsplan.assets import DEFAULT_MODEL, MODELS, home, is_pulled, pull_model
@@ -16,9 +15,12 @@ from ttsplan.voting import VOTE_RULES
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Latency-optimal test-time scaling: branches, drafts and votes within a latency budget.")
 models_app = typer.Typer(no_args_is_help=True, help="List and pull the models ttsplan knows.")
+profile_app = typer.Typer(help="Measure this device, the draft and the accuracy; `profile show FILE` prints a profile.")
 app.add_typer(models_app, name="models")
+app.add_typer(profile_app, name="profile")
 console = Console()
 err_console = Console(stderr=True)
+PROFILES = Path("profiles")
 
 
 def clean_errors(command):
@@ -32,6 +34,21 @@ def clean_errors(command):
             raise typer.Exit(1)
     return wrapper
 
+
+def progress_bar(description: str = "{task.description}") -> Progress:
+    return Progress(TextColumn(description), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    TextColumn("ETA"), TimeRemainingColumn(), console=console)
+
+
+def parse_seconds(text: str) -> float:
+    """'10s', '500ms', '2m', '1.5' (seconds)."""
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*(ms|s|m|min)?\s*", text)
+    if not m:
+        raise TTSPlanError(f"cannot read the budget {text!r}: write it like 10s, 500ms or 2m")
+    return float(m.group(1)) * {"ms": 1e-3, "s": 1.0, "m": 60.0, "min": 60.0, None: 1.0}[m.group(2)]
+
+
+# --- models --------------------------------------------------------------------------------------
 
 @models_app.command("list")
 def models_list():
@@ -51,6 +68,156 @@ def models_pull(name: str = typer.Argument(..., help="a name from `ttsplan model
     console.print(f"{name}: {pull_model(name)}")
 
 
+# --- profile -------------------------------------------------------------------------------------
+
+@profile_app.callback(invoke_without_command=True)
+@clean_errors
+def profile(
+    ctx: typer.Context,
+    model: str = typer.Option(DEFAULT_MODEL, help="a registered model or a local Hugging Face folder"),
+    random_weights: str = typer.Option(None, "--random-weights",
+                                       help="time a random-weight shipped shape instead (qwen2.5-0.5b/1.5b/3b/7b): "
+                                            "step costs only"),
+    draft: str = typer.Option(None, help="a draft model (or, with --random-weights, a shipped shape): its step "
+                                         "and round costs, and with --dataset its acceptance"),
+    device: str = typer.Option("cpu", help="cpu or cuda"),
+    quick: bool = typer.Option(False, help="a coarse step-cost grid that finishes in minutes on a CPU"),
+    branches: str = typer.Option(None, help="override the grid's live branches, e.g. 1,2,4,8"),
+    skip_device: bool = typer.Option(False, "--skip-device", help="measure no step costs"),
+    dataset: str = typer.Option(None, help="gsm8k or math500: also take accuracy samples (a task profile)"),
+    offset: int = typer.Option(0, help="first calibration problem"),
+    limit: int = typer.Option(16, help="calibration problems"),
+    n_max: int = typer.Option(16, "--n-max", help="sampled branches per calibration problem"),
+    max_new_tokens: int = typer.Option(512, "--max-new-tokens", help="the samples' token limit"),
+    temperature: float = typer.Option(0.7),
+    top_p: float = typer.Option(0.95, "--top-p"),
+    out_dir: Path = typer.Option(PROFILES, "--out-dir", help="where profiles are written"),
+):
+    """Measure step costs on this device (a device profile) and, with --dataset, accuracy samples and
+    the draft's acceptance (a task profile).  Resumes whatever an earlier run left unfinished."""
+    if ctx.invoked_subcommand is not None:
+        return
+    import torch
+    from dataclasses import replace
+    from ttsplan.measure.profile import (device_profile_path, load_models, profile_device, profile_task,
+                                         task_profile_dir)
+    from ttsplan.measure.step_cost import default_grid
+    if dataset and random_weights:
+        raise TTSPlanError("accuracy samples need real weights: drop --random-weights or --dataset")
+    if n_max < 1:
+        raise TTSPlanError(f"--n-max must be at least 1, got {n_max}")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise TTSPlanError("--device cuda: no GPU is visible to torch here")
+    if device not in ("cpu", "cuda"):
+        raise TTSPlanError(f"unknown device {device!r}: cpu or cuda")
+    if dataset:
+        from ttsplan.assets import dataset_file
+        dataset_file(dataset)  # an unknown dataset fails before any model loads
+    dev = torch.device(device)
+    with console.status(f"loading {random_weights or model}"):
+        target, d_model, engine, info, d_info = load_models(model, random_weights, draft, dev)
+    name = random_weights or model
+    if not skip_device:
+        grid = default_grid(dev, quick)
+        if branches:
+            grid = replace(grid, branches=tuple(int(b) for b in branches.split(",")))
+        out = device_profile_path(out_dir, dev, name)
+        with progress_bar() as progress:
+            task = progress.add_task("step costs", total=None)
+
+            def on_task(t, done, total):
+                progress.update(task, total=total, description=f"step costs {t}")
+                if done:
+                    progress.advance(task)
+            profile_device(target, d_model, engine, info, d_info, dev, grid, out, on_task)
+        console.print(f"device profile: {out}")
+    if dataset:
+        out = task_profile_dir(out_dir, name, dataset)
+        with progress_bar() as progress:
+            task = progress.add_task(f"{dataset} samples", total=limit)
+            acc = progress.add_task("acceptance", total=None, visible=draft is not None)
+            _, path = profile_task(engine, load_draft_engine(engine, draft, device) if draft else None, info, d_info,
+                                   dataset, offset, limit, n_max, max_new_tokens, temperature, top_p, out,
+                                   on_problem=lambda p, skipped: progress.advance(task),
+                                   on_prompt=lambda i: progress.advance(acc))
+        console.print(f"task profile: {path}")
+
+
+def load_draft_engine(engine, draft: str, device: str):
+    from ttsplan.runner import load_draft
+    return load_draft(engine, draft, device)
+
+
+@profile_app.command("show")
+@clean_errors
+def profile_show(path: Path = typer.Argument(..., help="a device profile or a task profile (task.yaml)")):
+    """Print a profile as tables."""
+    from ttsplan.measure.profiles import DEVICE_SCHEMA, load_device_profile, load_task_profile
+    from ttsplan.report import device_tables, task_tables
+    if path.is_file() and f"schema: {DEVICE_SCHEMA}" in path.read_text(errors="replace"):
+        from ttsplan.planning.latency import DeviceCosts
+        profile = load_device_profile(path)
+        tables = device_tables(profile, DeviceCosts.fit(profile))
+    else:
+        from ttsplan.planning.accuracy import AccuracyTable
+        from ttsplan.planning.task_arrays import load_task_arrays
+        profile = load_task_profile(path)
+        arrays = load_task_arrays(profile, path)
+        tables = task_tables(profile, AccuracyTable(arrays, VOTE_RULES, [arrays.max_new_tokens]), arrays)
+    for t in tables:
+        console.print(t)
+
+
+# --- optimize ------------------------------------------------------------------------------------
+
+@app.command()
+@clean_errors
+def optimize(
+    device_profile: Path = typer.Option(..., "--device-profile", help="a device profile (profiles/device/...)"),
+    task_profile: Path = typer.Option(..., "--task-profile", help="a task profile (profiles/tasks/.../task.yaml)"),
+    budget: str = typer.Option(None, help="latency budget, e.g. 10s, 500ms, 2m"),
+    target_accuracy: float = typer.Option(None, "--target-accuracy", help="instead of a budget: the fastest plan "
+                                                                          "reaching this accuracy (0-1)"),
+    stat: str = typer.Option("p90", help="the latency the budget bounds: p90 or mean"),
+    top: int = typer.Option(8, help="rows of the best-plans table"),
+    plot: Path = typer.Option(None, help="also draw the Pareto frontier to this PNG"),
+    out: Path = typer.Option(Path("plan.yaml"), help="where to write the chosen plan"),
+):
+    """Choose branches, draft, draft length, vote rule, length cap and early stop that maximize accuracy
+    within the budget; print the best plans, the plans the seed paper argues against, and the frontier."""
+    import time
+    from ttsplan.planning.optimize import optimize as run_optimize
+    from ttsplan.planning.search import with_binds
+    from ttsplan.report import frontier_chart, plan_row, plans_table, plot_frontier
+    t0 = time.perf_counter()
+    budget_s = parse_seconds(budget) if budget is not None else None
+    opt = run_optimize(device_profile, task_profile, budget_s, target_accuracy, stat)
+    elapsed = time.perf_counter() - t0
+    res, chosen = opt.result, opt.chosen
+    acc = opt.acceptance.per_position if opt.acceptance else None
+    within = [c for c in res.candidates if budget_s is None or c.latency(stat) <= budget_s]
+    best = sorted(within, key=lambda c: (-c.accuracy, c.latency(stat)))[:top]
+    goal = f"{stat} latency <= {budget_s:g} s" if budget_s is not None else f"accuracy >= {target_accuracy:.1%}"
+    rows = [("", plan_row(c, res, with_binds(opt.replay, c, acc).binds)) for c in best]
+    console.print(plans_table(f"best plans, {goal}: {opt.task.model.name} on {opt.device.device['name']} "
+                              f"({len(res.candidates)} plans scored in {elapsed:.2f} s)", rows))
+    base = [("chosen", plan_row(chosen, res, chosen.binds))]
+    base += [(name, plan_row(c, res, with_binds(opt.replay, c, acc).binds)) for name, c in opt.baselines.items()
+             if c is not None]
+    console.print(plans_table("the chosen plan beside the plans the seed paper argues against", base))
+    missing = [name for name, c in opt.baselines.items() if c is None]
+    if missing:
+        console.print(f"no plan of kind {', '.join(missing)} fits ({'no profiled draft' if acc is None else goal})")
+    console.print(frontier_chart(res.frontier(), stat, chosen), highlight=False)
+    if plot:
+        plot_frontier(res, chosen, opt.baselines, plot, f"{opt.task.model.name} on {opt.device.device['name']}")
+        console.print(f"frontier plot: {plot}")
+    opt.plan.save(out)
+    console.print(f"plan: {out} ({opt.plan.describe()})")
+
+
+# --- run -----------------------------------------------------------------------------------------
+
 def vote_table(solved) -> Table:
     table = Table(title="votes")
     for col in ("answer", "votes", "weight"):
@@ -60,8 +227,12 @@ def vote_table(solved) -> Table:
     unparsed = sum(a is None for a in solved.answers)
     if unparsed:
         table.add_row("(no answer)", str(unparsed), "-")
+    notes = []
     if solved.cut_off:
-        table.caption = f"{solved.cut_off} of {len(solved.branches)} branches were cut off at the token limit"
+        notes.append(f"{solved.cut_off} of {len(solved.branches)} branches were cut off at the token limit")
+    if solved.stopped:
+        notes.append(f"{solved.stopped} stopped early: the vote was decided")
+    table.caption = "; ".join(notes) or None
     return table
 
 
@@ -74,15 +245,21 @@ def branch_table(solved) -> Table:
     return table
 
 
-def timing_table(stats, latency_s: float, peak_bw: float) -> Table:
+def timing_table(stats, latency_s: float, peak_bw: float, predicted: dict | None = None) -> Table:
     table = Table(title="latency")
-    for col in ("prompt tokens", "prefill s", "graph capture s", "decode s", "total s", "new tokens", "decode tok/s",
-                "bandwidth achieved", "device copy bw"):
+    cols = ["prompt tokens", "prefill s", "graph capture s", "decode s", "total s", "new tokens", "decode tok/s",
+            "bandwidth achieved", "device copy bw"]
+    if predicted:
+        cols += ["predicted s (mean)"]
+    for col in cols:
         table.add_column(col, justify="right")
     achieved = stats.bytes_read / stats.decode_s if stats.decode_s else 0.0
-    table.add_row(str(stats.prompt_tokens), f"{stats.prefill_s:.2f}", f"{stats.capture_s:.2f}", f"{stats.decode_s:.2f}", f"{latency_s:.2f}",
-                  str(stats.new_tokens), f"{stats.tokens_per_s:.1f}",
-                  f"{achieved / 1e9:.1f} GB/s ({achieved / peak_bw:.0%})", f"{peak_bw / 1e9:.1f} GB/s")
+    row = [str(stats.prompt_tokens), f"{stats.prefill_s:.2f}", f"{stats.capture_s:.2f}", f"{stats.decode_s:.2f}",
+           f"{latency_s:.2f}", str(stats.new_tokens), f"{stats.tokens_per_s:.1f}",
+           f"{achieved / 1e9:.1f} GB/s ({achieved / peak_bw:.0%})", f"{peak_bw / 1e9:.1f} GB/s"]
+    if predicted:
+        row.append(f"{predicted['mean_s']:.2f}")
+    table.add_row(*row)
     return table
 
 
@@ -95,8 +272,19 @@ def spec_table(spec) -> Table:
     return table
 
 
-def run_key(**fields) -> str:
-    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
+def check_plan_device(plan, device: str, shape: str, force: bool) -> None:
+    """A plan made for another device or model shape is refused unless --force."""
+    import torch
+    from ttsplan.hardware import device_name
+    if not plan.device or force:
+        return
+    here = device_name(torch.device(device))
+    if plan.device.get("name") != here:
+        raise TTSPlanError(f"the plan was made for {plan.device.get('name')!r} (its device profile) but this is "
+                           f"{here!r}: profile this device, or pass --force")
+    if plan.device.get("shape") != shape:
+        raise TTSPlanError(f"the plan's device profile is for model shape {plan.device.get('shape')} but "
+                           f"{plan.model} has shape {shape}: pass --force to run it anyway")
 
 
 @app.command()
@@ -106,104 +294,114 @@ def run(
     dataset: str = typer.Option(None, help="gsm8k or math500: run problems from the test set instead"),
     limit: int = typer.Option(10, help="with --dataset: how many problems"),
     offset: int = typer.Option(0, help="with --dataset: first problem index"),
+    plan_file: Path = typer.Option(None, "--plan", help="a plan from `ttsplan optimize` (its settings replace "
+                                                        "the flags below)"),
+    force: bool = typer.Option(False, help="run a plan made for another device or model shape"),
     model: str = typer.Option(DEFAULT_MODEL, help="a registered model name or a local Hugging Face folder"),
     branches: int = typer.Option(8, "--branches", "-n", help="parallel branches sharing the prompt"),
     vote_rule: str = typer.Option("majority", "--vote", help=f"one of {', '.join(VOTE_RULES)}"),
+    early_stop: bool = typer.Option(False, "--early-stop", help="end once no unfinished branch can change the vote"),
     temperature: float = typer.Option(0.7),
     top_p: float = typer.Option(0.95, "--top-p"),
     top_k: int = typer.Option(0, "--top-k"),
-    max_new_tokens: int = typer.Option(512, "--max-new-tokens"),
+    max_new_tokens: int = typer.Option(512, "--max-new-tokens", help="the length cap per branch"),
     seed: int = typer.Option(0),
     device: str = typer.Option("cpu", help="cpu or cuda"),
     random_weights: str = typer.Option(None, "--random-weights",
                                        help="time a random-weight model of a shipped shape (qwen2.5-0.5b/1.5b/3b/7b) "
                                             "or a config.json on a random prompt; no answer"),
     prompt_len: int = typer.Option(512, "--prompt-len", help="with --random-weights: prompt tokens"),
+    lengths_from: Path = typer.Option(None, "--lengths-from", help="with --random-weights: a task profile; each "
+                                                                    "branch runs to a length drawn from it"),
     draft: str = typer.Option(None, help="draft model for speculative decoding (shares the target's tokenizer); "
                                          "with --random-weights, a shipped shape"),
     draft_len: int = typer.Option(4, "--draft-len", "-k", help="with --draft: tokens proposed per round"),
     results: Path = typer.Option(None, help="with --dataset: results file (default under TTSPLAN_HOME/runs)"),
 ):
-    """Answer by vote over N branches that share one prompt KV cache."""
-    from ttsplan.datasets import load_problems
-    from ttsplan.engine.sampling import SamplingParams
-    from ttsplan.hardware import copy_bandwidth
-    from ttsplan.runner import (append_result, load_draft, load_engine, load_results, result_row, solve,
-                                time_random_weights)
+    """Answer by vote over N branches that share one prompt KV cache, as a plan or the flags say."""
     import torch
-
-    if vote_rule not in VOTE_RULES:
-        raise TTSPlanError(f"unknown vote rule '{vote_rule}': choose one of {', '.join(VOTE_RULES)}")
-    if branches < 1:
-        raise TTSPlanError(f"branches must be at least 1, got {branches}")
-    params = SamplingParams(temperature, top_p, top_k, max_new_tokens, seed, ignore_eos=bool(random_weights))
+    from ttsplan.hardware import copy_bandwidth
+    from ttsplan.planning.plan import Plan
+    from ttsplan.runner import load_draft, load_engine, run_dataset, run_key, solve, time_random_weights
+    if plan_file is not None:
+        plan = Plan.load(plan_file)
+    else:
+        plan = Plan(model=model, branches=branches, vote=vote_rule, max_new_tokens=max_new_tokens,
+                    early_stop=early_stop, draft=draft, draft_len=draft_len if draft else 0, temperature=temperature,
+                    top_p=top_p, top_k=top_k, seed=seed, dataset=dataset or "gsm8k")
     if random_weights:
+        from ttsplan.engine.config import ModelConfig
+        check_plan_device(plan, device, ModelConfig.shipped(random_weights).shape_hash(), force)
+        limits, prompt = None, prompt_len
+        if lengths_from:
+            limits, prompt = drawn_lengths(lengths_from, plan)
         with console.status(f"timing random-weight {random_weights} on {device}"):
             peak_bw = copy_bandwidth(torch.device(device))
-            stats, spec, latency = time_random_weights(random_weights, device, branches, params, prompt_len,
-                                                       draft, draft_len)
+            _, stats, spec, latency = time_random_weights(plan, random_weights, device, prompt,
+                                                          draft if plan.draft else None, limits)
         console.print(timing_table(stats, latency, peak_bw))
         if spec:
             console.print(spec_table(spec))
         return
     if (question is None) == (dataset is None):
         raise TTSPlanError("give exactly one of --question or --dataset")
-    problems = load_problems(dataset, limit, offset) if dataset else None
-    with console.status(f"loading {model}"):
-        engine = load_engine(model, device)
-        spec_draft = load_draft(engine, draft, draft_len, device) if draft else None
+    if dataset:
+        from ttsplan.datasets import load_problems
+        problems = load_problems(dataset, limit, offset)
+        plan.dataset = dataset
+    with console.status(f"loading {plan.model}"):
+        engine = load_engine(plan.model, device)
+        check_plan_device(plan, device, engine.model.cfg.shape_hash(), force)
+        spec_draft = load_draft(engine, plan.draft, device) if plan.draft else None
         peak_bw = copy_bandwidth(torch.device(device))
-
+    predicted = plan.predicted or None
     if question is not None:
         with Progress(TextColumn("decoding"), BarColumn(), TextColumn("{task.fields[tok]} tokens"),
                       TimeElapsedColumn(), console=console, transient=True) as progress:
-            task = progress.add_task("", total=max_new_tokens, tok=0)
-            solved = solve(engine, question, branches, params, vote_rule, draft=spec_draft,
+            task = progress.add_task("", total=plan.max_new_tokens, tok=0)
+            solved = solve(engine, question, plan, spec_draft,
                            on_step=lambda s: progress.update(task, completed=s.steps, tok=s.new_tokens))
-        console.print(branch_table(solved), vote_table(solved), timing_table(solved.stats, solved.latency_s, peak_bw))
+        console.print(branch_table(solved), vote_table(solved),
+                      timing_table(solved.stats, solved.latency_s, peak_bw, predicted))
         if solved.spec:
             console.print(spec_table(solved.spec))
         console.print(f"[bold]answer:[/] {solved.answer}")
         return
-
-    key = run_key(model=model, dataset=dataset, branches=branches, vote=vote_rule, params=params.__dict__, grader=2,
-                  draft=draft, draft_len=draft_len if draft else 0)
-    out = results or home() / "runs" / f"{dataset}-{Path(model).name}-n{branches}-{key}.jsonl"
-    done = load_results(out)
-    table = Table(title=f"{dataset}: {model}, {branches} branches, {vote_rule} vote")
-    for col in ("problem", "gold", "answer", "correct", "latency s", "tokens", "cut off"):
-        table.add_column(col, justify="right")
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console) as progress:
+    out = results or home() / "runs" / f"{dataset}-{Path(plan.model).name}-n{plan.branches}-{run_key(plan)}.jsonl"
+    with progress_bar() as progress:
         task = progress.add_task(dataset, total=len(problems))
-        for p in problems:
-            if p.id not in done:
-                solved = solve(engine, p.question, branches, params, vote_rule, task=dataset, draft=spec_draft)
-                done[p.id] = result_row(p.id, p.gold, solved, dataset)
-                append_result(out, done[p.id])
-            progress.advance(task)
-    rows = [done[p.id] for p in problems]
-    for r in rows:
-        table.add_row(r["id"], r["gold"], str(r["answer"]), "yes" if r["correct"] else "no",
-                      f"{r['latency_s']:.1f}", str(r["new_tokens"]), str(r["cut_off"]))
-    correct = sum(r["correct"] for r in rows)
-    total_s = sum(r["latency_s"] for r in rows)
-    table.add_section()
-    table.add_row("total", "", "", f"{correct}/{len(rows)} ({correct / len(rows):.0%})", f"{total_s:.1f}",
-                  str(sum(r["new_tokens"] for r in rows)), str(sum(r["cut_off"] for r in rows)))
-    console.print(table)
+        rows = run_dataset(engine, plan, problems, out, spec_draft, on_problem=lambda p: progress.advance(task))
+    console.print(dataset_table(rows, plan, predicted))
     console.print(f"results: {out}")
 
 
-@app.command()
-def profile():
-    """Measure decode cost, acceptance rates and accuracy on this hardware (not built yet)."""
-    err_console.print("profile is not built yet")
-    raise typer.Exit(2)
+def drawn_lengths(task_path: Path, plan) -> tuple[list[int], int]:
+    """Branch lengths of one calibration problem drawn at the plan's seed (capped by the plan), and
+    that problem's prompt length: what a random-weight timing run replays."""
+    import numpy as np
+    from ttsplan.measure.profiles import load_task_profile
+    task = load_task_profile(task_path)
+    rng = np.random.default_rng(plan.seed)
+    problem = task.problems[rng.integers(len(task.problems))]
+    picks = rng.choice(len(problem.branches), plan.branches, replace=plan.branches > len(problem.branches))
+    return [min(problem.branches[i].length, plan.max_new_tokens) for i in picks], problem.prompt_tokens
 
 
-@app.command()
-def optimize(budget: str = typer.Option("10s", help="latency budget")):
-    """Choose branches, draft and vote rule that maximize accuracy within a budget (not built yet)."""
-    err_console.print("optimize is not built yet")
-    raise typer.Exit(2)
+def dataset_table(rows: list[dict], plan, predicted: dict | None) -> Table:
+    table = Table(title=f"{plan.dataset}: {plan.model}, {plan.describe()}")
+    for col in ("problem", "gold", "answer", "correct", "latency s", "tokens", "cut off", "stopped"):
+        table.add_column(col, justify="right")
+    for r in rows:
+        table.add_row(r["id"], r["gold"], str(r["answer"]), "yes" if r["correct"] else "no",
+                      f"{r['latency_s']:.1f}", str(r["new_tokens"]), str(r["cut_off"]), str(r.get("stopped", 0)))
+    correct = sum(r["correct"] for r in rows)
+    mean_s = sum(r["latency_s"] for r in rows) / len(rows)
+    table.add_section()
+    table.add_row("total", "", "", f"{correct}/{len(rows)} ({correct / len(rows):.0%})", f"mean {mean_s:.1f}",
+                  str(sum(r["new_tokens"] for r in rows)), str(sum(r["cut_off"] for r in rows)),
+                  str(sum(r.get("stopped", 0) for r in rows)))
+    if predicted:
+        lo, hi = predicted["interval"]
+        table.add_row("predicted", "", "", f"{predicted['accuracy']:.0%} ({lo:.0%}-{hi:.0%})",
+                      f"mean {predicted['mean_s']:.1f}", "", "", "")
+    return table

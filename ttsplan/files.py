@@ -1,5 +1,6 @@
 """Atomic writes: a file appears complete or not at all, so an interrupted job leaves nothing half-written."""
 import gzip
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -25,3 +26,11 @@ def write_json_gz(path: Path, obj) -> None:
 def read_json_gz(path: Path):
     with gzip.open(path, "rt") as f:
         return json.load(f)
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

@@ -14,7 +14,8 @@ from ttsplan.engine.generate import Branch, GenerationStats, generate
 from ttsplan.engine.model import Transformer, default_dtype
 from ttsplan.engine.sampling import SamplingParams
 from ttsplan.engine.speculative import SpecStats, check_pair, generate_speculative
-from ttsplan.voting import Tally, branch_weight, vote
+from ttsplan.planning.plan import Plan
+from ttsplan.voting import Tally, branch_weight, decided, vote, weight_bound, weights_by_length
 
 
 @dataclass
@@ -38,29 +39,36 @@ def load_engine(name_or_path: str, device: str = "cpu") -> Engine:
     return Engine(name_or_path, path, model, tokenizer, {e for e in eos_ids if e is not None})
 
 
-def time_random_weights(config: str, device: str, n: int, params: SamplingParams, prompt_len: int,
-                        draft_config: str | None = None, draft_len: int = 4):
-    """Branches from a random-weight model of a shipped shape on a random prompt: timings only.
-    With draft_config, a random-weight draft of that shape proposes draft_len tokens per round."""
+def time_random_weights(plan: Plan, shape: str, device: str, prompt_len: int, draft_shape: str | None = None,
+                        limits: list[int] | None = None):
+    """The plan's branches from a random-weight model of a shipped shape on a random prompt: timings
+    only (EOS ignored).  limits: each branch's own length (e.g. drawn from a task profile)."""
     from ttsplan.engine.config import ModelConfig
     dtype = default_dtype(device)
-    model = Transformer.random(ModelConfig.shipped(config), device, dtype, seed=params.seed)
-    draft = Transformer.random(ModelConfig.shipped(draft_config), device, dtype, seed=params.seed + 1) if draft_config else None
+    model = Transformer.random(ModelConfig.shipped(shape), device, dtype, seed=plan.seed)
+    draft = Transformer.random(ModelConfig.shipped(draft_shape), device, dtype, seed=plan.seed + 1) if draft_shape else None
     prompt = torch.randint(0, model.cfg.vocab_size, (prompt_len,),
-                           generator=torch.Generator().manual_seed(params.seed)).tolist()
+                           generator=torch.Generator().manual_seed(plan.seed)).tolist()
+    params = sampling_params(plan, ignore_eos=True)
+    warm = SamplingParams(max_new_tokens=min(4, plan.max_new_tokens), ignore_eos=True)
+    generate_branches(model, prompt, plan.branches, warm, set(), draft, plan.draft_len)  # compile the kernels
+    t0 = time.perf_counter()
+    branches, stats, spec = generate_branches(model, prompt, plan.branches, params, set(), draft, plan.draft_len,
+                                              limits=limits)
+    return branches, stats, spec, time.perf_counter() - t0
 
-    generate_branches(model, prompt, n, SamplingParams(max_new_tokens=4, ignore_eos=True), set(), draft, draft_len)
-    t0 = time.perf_counter()  # after the run above has compiled the kernels
-    _, stats, spec = generate_branches(model, prompt, n, params, set(), draft, draft_len)
-    return stats, spec, time.perf_counter() - t0
+
+def sampling_params(plan: Plan, ignore_eos: bool = False) -> SamplingParams:
+    return SamplingParams(plan.temperature, plan.top_p, plan.top_k, plan.max_new_tokens, plan.seed, ignore_eos)
 
 
 def generate_branches(model: Transformer, prompt: list[int], n: int, params: SamplingParams, eos_ids: set[int],
-                      draft: Transformer | None = None, draft_len: int = 0, on_step=None):
+                      draft: Transformer | None = None, draft_len: int = 0, on_step=None, stop=None, limits=None):
     """generate(), or generate_speculative() with a draft model: (branches, stats, SpecStats or None)."""
     if draft is not None:
-        return generate_speculative(model, draft, prompt, n, params, eos_ids, draft_len, on_step=on_step)
-    return (*generate(model, prompt, n, params, eos_ids, on_step), None)
+        return generate_speculative(model, draft, prompt, n, params, eos_ids, draft_len, on_step=on_step, stop=stop,
+                                    limits=limits)
+    return (*generate(model, prompt, n, params, eos_ids, on_step, stop=stop, limits=limits), None)
 
 
 def encode(engine: Engine, question: str) -> list[int]:
@@ -86,30 +94,56 @@ class Solved:
         """Branches stopped by the token limit (they vote only if they stated a final answer)."""
         return sum(b.finish == "length" for b in self.branches)
 
+    @property
+    def stopped(self) -> int:
+        """Branches ended by early stop once the vote was decided."""
+        return sum(b.finish == "stopped" for b in self.branches)
 
-@dataclass
-class Draft:
-    engine: Engine
-    length: int
 
-
-def load_draft(target: Engine, name_or_path: str, length: int, device: str = "cpu") -> Draft:
+def load_draft(target: Engine, name_or_path: str, device: str = "cpu") -> Engine:
     draft = load_engine(name_or_path, device)
     check_pair(target.tokenizer, draft.tokenizer, target.name, draft.name)
-    return Draft(draft, length)
+    return draft
 
 
-def solve(engine: Engine, question: str, n: int, params: SamplingParams, rule: str = "majority",
-          task: str = "gsm8k", on_step=None, draft: Draft | None = None) -> Solved:
+class VoteWatch:
+    """Reads finished branches' answers as they finish: the final vote, and early stop's question
+    "can any unfinished branch still change the winner?" (voting.decided)."""
+
+    def __init__(self, tokenizer, rule: str, task: str):
+        self.tokenizer, self.rule, self.task, self.texts = tokenizer, rule, task, {}
+
+    def answer(self, i: int, branch: Branch) -> str | None:
+        if i not in self.texts:
+            text = self.tokenizer.decode(branch.tokens, skip_special_tokens=True)
+            self.texts[i] = extract_answer(text, self.task, finished=branch.finish == "eos")
+        return self.texts[i]
+
+    def tally(self, branches: list[Branch]):
+        """(winner, tallies, answers, weights) over the finished branches (a stopped branch does not vote)."""
+        done = [(i, b) for i, b in enumerate(branches) if b.finish in ("eos", "length")]
+        answers = [self.answer(i, b) if b.finish in ("eos", "length") else None for i, b in enumerate(branches)]
+        weights = [branch_weight(b.logprobs, b.confidences, self.rule) for b in branches]
+        classes, _ = group_answers([answers[i] for i, _ in done], self.task)
+        every = [None] * len(branches)
+        for (i, _), c in zip(done, classes):
+            every[i] = c
+        return (*vote(every, answers, weights), answers, weights)
+
+    def decided(self, branches: list[Branch]) -> bool:
+        _, tallies, _, _ = self.tally(branches)
+        pending = [weight_bound(weights_by_length(b.logprobs, b.confidences, self.rule), self.rule)
+                   for b in branches if not b.finish]
+        return decided([t.weight for t in tallies], pending)
+
+
+def solve(engine: Engine, question: str, plan: Plan, draft: Engine | None = None, on_step=None) -> Solved:
     t0 = time.perf_counter()
-    branches, stats, spec = generate_branches(engine.model, encode(engine, question), n, params, engine.eos_ids,
-                                              draft.engine.model if draft else None, draft.length if draft else 0,
-                                              on_step)
-    texts = [engine.tokenizer.decode(b.tokens, skip_special_tokens=True) for b in branches]
-    answers = [extract_answer(t, task, finished=b.finish == "eos") for t, b in zip(texts, branches)]
-    weights = [branch_weight(b.logprobs, b.confidences, rule) for b in branches]
-    classes, _ = group_answers(answers, task)
-    answer, tallies = vote(classes, answers, weights)
+    watch = VoteWatch(engine.tokenizer, plan.vote, plan.dataset)
+    branches, stats, spec = generate_branches(
+        engine.model, encode(engine, question), plan.branches, sampling_params(plan), engine.eos_ids,
+        draft.model if draft else None, plan.draft_len, on_step, stop=watch.decided if plan.early_stop else None)
+    answer, tallies, answers, weights = watch.tally(branches)
     return Solved(answer, tallies, branches, answers, weights, stats, time.perf_counter() - t0, spec)
 
 
@@ -146,4 +180,27 @@ def append_result(path: Path, row: dict) -> None:
 def result_row(problem_id: str, gold: str, solved: Solved, task: str) -> dict:
     return {"id": problem_id, "gold": gold, "answer": solved.answer, "correct": is_correct(solved.answer, gold, task),
             "latency_s": solved.latency_s, "new_tokens": solved.stats.new_tokens, "cut_off": solved.cut_off,
+            "stopped": solved.stopped,
             "votes": [asdict(t) for t in solved.tallies]}
+
+
+def run_key(plan: Plan) -> str:
+    """The results file's key: everything about the plan that changes answers (grading included)."""
+    import hashlib
+    fields = {k: v for k, v in asdict(plan).items() if k not in ("device", "predicted")}
+    return hashlib.sha256(json.dumps({**fields, "grader": 2}, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def run_dataset(engine: Engine, plan: Plan, problems, out: Path, draft: Engine | None = None,
+                on_problem=None) -> list[dict]:
+    """Solve every problem not yet in the results file `out`, one line per problem (resumable);
+    returns the rows of `problems` in order."""
+    done = load_results(out)
+    for p in problems:
+        if p.id not in done:
+            solved = solve(engine, p.question, plan, draft)
+            done[p.id] = result_row(p.id, p.gold, solved, plan.dataset)
+            append_result(out, done[p.id])
+        if on_problem:
+            on_problem(p)
+    return [done[p.id] for p in problems]

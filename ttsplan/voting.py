@@ -50,6 +50,23 @@ def branch_weight(logprobs, confidences, rule: str, window: int = WINDOW) -> flo
     return float(w[-1]) if len(w) else 0.0
 
 
+def weight_bound(weights_so_far: np.ndarray, rule: str, window: int = WINDOW) -> float:
+    """The most weight an unfinished branch can end with, given weights_by_length of the tokens it has
+    so far: 1 for majority and mean-logprob (a geometric-mean probability is at most 1); for the
+    lowest-window rules the lowest window so far (a longer branch only adds windows), once it has a
+    whole window, and no bound before."""
+    if rule in ("majority", "mean-logprob"):
+        return 1.0
+    return float(weights_so_far[-1]) if len(weights_so_far) >= window else float("inf")
+
+
+def decided(tally_weights: list[float], pending_bounds: list[float]) -> bool:
+    """No unfinished branch can change the winner: the leader's weight exceeds the runner-up's plus
+    everything the unfinished branches can still add (to the runner-up or to a new answer)."""
+    ranked = sorted(tally_weights, reverse=True) + [0.0, 0.0]
+    return ranked[0] > 0 and ranked[0] > ranked[1] + sum(pending_bounds)
+
+
 @dataclass
 class Tally:
     answer: str      # the class's most common spelling

@@ -5,6 +5,8 @@ graph replays the forward pass and the sampling with one launch.  Graphs are cap
 request (the prompt length is baked into the kernels' launch parameters): the full batch's
 bucket up front, each smaller one the first time the shrinking batch needs it.
 """
+import time
+
 import torch
 
 from ttsplan.engine.kv_cache import KVCache
@@ -25,6 +27,7 @@ class GraphDecoder:
         self.tokens = torch.zeros(max_batch, 1, dtype=torch.long, device=model.device)
         self.u = torch.zeros(max_batch, device=model.device)
         self.graphs, self.outputs, self.pool = {}, {}, None
+        self.capture_s = 0.0  # every capture so far, the lazy ones mid-run included
         self._capture(max_batch)
 
     def _step(self, bs: int):
@@ -32,6 +35,8 @@ class GraphDecoder:
         return sample(logits, self.params, self.u[:bs])
 
     def _capture(self, bs: int) -> None:
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
         saved_lens = self.cache.lens.clone()
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
@@ -44,6 +49,8 @@ class GraphDecoder:
         self.pool = graph.pool()
         self.graphs[bs] = graph
         self.cache.lens.copy_(saved_lens)  # capture wrote only uncommitted KV; lengths are as before
+        torch.cuda.synchronize()
+        self.capture_s += time.perf_counter() - t0
 
     def __call__(self, tokens: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, ...]:
         B = tokens.shape[0]

@@ -22,7 +22,8 @@ class Branch:
     tokens: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
     confidences: list[float] = field(default_factory=list)  # DeepConf token confidence, per token
-    finish: str = ""  # "eos" or "length" once done
+    finish: str = ""  # "eos", "length", or "stopped" (early stop) once done
+    limit: int = 0    # this branch's own token limit (0: the request's max_new_tokens)
 
 
 @dataclass
@@ -66,7 +67,7 @@ def append(branch: Branch, token: int, logprob: float, confidence: float, eos_id
     branch.confidences.append(confidence)
     if token in eos_ids and not params.ignore_eos:
         branch.finish = "eos"
-    elif len(branch.tokens) >= params.max_new_tokens:
+    elif len(branch.tokens) >= (branch.limit or params.max_new_tokens):
         branch.finish = "length"
 
 
@@ -79,43 +80,97 @@ def decoder(model: Transformer, cache: KVCache, n: int, params: SamplingParams, 
     return lambda tokens, u: sample(model.decode(tokens, cache)[:, -1], params, u)
 
 
+@dataclass
+class Request:
+    """What plain and speculative generation share: the branches, which branch each live cache row
+    holds, the statistics, and the random stream."""
+    branches: list[Branch]
+    rows: list[int]
+    stats: GenerationStats
+    gen: torch.Generator
+    params: SamplingParams
+    eos_ids: set[int]
+
+    def emit(self, row: int, token: int, logprob: float, confidence: float) -> bool:
+        """Append a token to the branch in cache row `row`; False once that branch has finished."""
+        branch = self.branches[self.rows[row]]
+        if branch.finish:
+            return False
+        append(branch, token, logprob, confidence, self.eos_ids, self.params)
+        self.stats.new_tokens += 1
+        return True
+
+    def compact(self, caches: list[KVCache], stop=None) -> bool:
+        """Drop finished branches' rows from every cache; False when no branch is left to decode.
+        stop(branches) -> True ends the request early: the unfinished branches are marked 'stopped'."""
+        keep = [r for r, b in enumerate(self.rows) if not self.branches[b].finish]
+        if keep and stop is not None and len(keep) < len(self.rows) and stop(self.branches):
+            for r in keep:
+                self.branches[self.rows[r]].finish = "stopped"
+            keep = []
+        if not keep:
+            return False
+        for cache in caches:
+            cache.keep_rows(keep)
+        self.rows = [self.rows[r] for r in keep]
+        return True
+
+
+def start_request(model: Transformer, prompt: list[int], n: int, params: SamplingParams, eos_ids: set[int],
+                  caches: list[KVCache], models: list[Transformer], limits=None) -> tuple[Request, torch.Tensor]:
+    """Prefill the prompt once into each model's cache and sample every branch's first token from the
+    first model's logits.  limits: each branch's own token limit (at most max_new_tokens).  Returns
+    the request and the first tokens [n]."""
+    limits = limits or [0] * n
+    if len(limits) != n or any(not 0 <= x <= params.max_new_tokens for x in limits):
+        raise TTSPlanError(f"branch limits must be {n} values between 1 and {params.max_new_tokens}")
+    request = Request([Branch(limit=x) for x in limits], list(range(n)), GenerationStats(prompt_tokens=len(prompt)),
+                      torch.Generator(device=model.device).manual_seed(params.seed), params, eos_ids)
+    t0 = time.perf_counter()
+    prompt_t = torch.tensor(prompt, dtype=torch.long)
+    logits = [m.prefill(prompt_t, c) for m, c in zip(models, caches)][0].expand(n, -1)
+    tokens, logprobs, confs = sample(logits, params, uniforms(request.gen, n))
+    for row, (tok, lp, c) in enumerate(zip(tokens.tolist(), logprobs.tolist(), confs.tolist())):
+        request.emit(row, tok, lp, c)
+    synchronize(model.device)
+    request.stats.prefill_s = time.perf_counter() - t0
+    return request, tokens
+
+
 def generate(model: Transformer, prompt: list[int], n: int, params: SamplingParams,
-             eos_ids: set[int], on_step=None, cuda_graphs: bool = True) -> tuple[list[Branch], GenerationStats]:
+             eos_ids: set[int], on_step=None, cuda_graphs: bool = True, stop=None,
+             limits=None) -> tuple[list[Branch], GenerationStats]:
+    """n branches from one prompt.  stop(branches) -> True, asked whenever a branch finishes, ends
+    the request early (see Request.compact); limits gives each branch its own token limit."""
     cfg = model.cfg
     check_request(cfg, len(prompt), n, params)
     cache = KVCache.allocate(cfg, len(prompt), n, params.max_new_tokens, model.dtype, model.device)
-    gen = torch.Generator(device=model.device).manual_seed(params.seed)
-    stats = GenerationStats(prompt_tokens=len(prompt))
-    branches = [Branch() for _ in range(n)]
-
+    request, tokens = start_request(model, prompt, n, params, eos_ids, [cache], [model], limits)
+    stats = request.stats
     t0 = time.perf_counter()
-    logits = model.prefill(torch.tensor(prompt, dtype=torch.long), cache).expand(n, -1)
-    tokens, logprobs, confs = sample(logits, params, uniforms(gen, n))
-    synchronize(model.device)
-    stats.prefill_s = time.perf_counter() - t0
     step = decoder(model, cache, n, params, cuda_graphs)
     synchronize(model.device)
-    stats.capture_s = time.perf_counter() - t0 - stats.prefill_s
+    stats.capture_s = time.perf_counter() - t0
+    captured_before = getattr(step, "capture_s", 0.0)
     t0 = time.perf_counter()
-    rows = list(range(n))  # branch id held by each live cache row
     while True:
-        for row, (tok, lp, c) in enumerate(zip(tokens.tolist(), logprobs.tolist(), confs.tolist())):
-            append(branches[rows[row]], tok, lp, c, eos_ids, params)
-        if stats.steps:
-            stats.decode_tokens += len(rows)
-        stats.new_tokens += len(rows)
-        keep = [r for r, b in enumerate(rows) if not branches[b].finish]
-        if not keep:
+        live = [r for r, b in enumerate(request.rows) if not request.branches[b].finish]
+        if not request.compact([cache], stop):
             break
-        cache.keep_rows(keep)
-        rows = [rows[r] for r in keep]
-        last = tokens[torch.tensor(keep, device=tokens.device)].view(-1, 1)
-        stats.bytes_read += step_bytes(cfg, cache.prefix_len, sum(len(branches[b].tokens) for b in rows), model.dtype)
-        tokens, logprobs, confs = step(last, uniforms(gen, len(rows)))
-        cache.lens[:len(rows)] += 1
+        last = tokens[torch.tensor(live, device=tokens.device)].view(-1, 1)
+        B = len(request.rows)
+        stats.bytes_read += step_bytes(cfg, cache.prefix_len, sum(len(request.branches[b].tokens) for b in request.rows),
+                                       model.dtype)
+        tokens, logprobs, confs = step(last, uniforms(request.gen, B))
+        cache.lens[:B] += 1
+        for row, (tok, lp, c) in enumerate(zip(tokens.tolist(), logprobs.tolist(), confs.tolist())):
+            request.emit(row, tok, lp, c)
+        stats.decode_tokens += B
         stats.steps += 1
         if on_step:
             on_step(stats)
     synchronize(model.device)
-    stats.decode_s = time.perf_counter() - t0
-    return branches, stats
+    lazy = getattr(step, "capture_s", 0.0) - captured_before  # graphs captured mid-run count as capture
+    stats.decode_s = time.perf_counter() - t0 - lazy
+    stats.capture_s += lazy
+    return request.branches, stats

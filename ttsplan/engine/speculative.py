@@ -17,10 +17,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ttsplan.engine.generate import Branch, GenerationStats, append, check_request, step_bytes
+from ttsplan.engine.generate import Branch, GenerationStats, Request, check_request, start_request, step_bytes
 from ttsplan.engine.kv_cache import KVCache
 from ttsplan.engine.model import Transformer
-from ttsplan.engine.sampling import SamplingParams, draw, sample, token_probs, token_scores, uniforms
+from ttsplan.engine.sampling import SamplingParams, draw, token_probs, token_scores, uniforms
 from ttsplan.errors import TTSPlanError
 from ttsplan.hardware import synchronize
 
@@ -84,9 +84,62 @@ def check_pair(target_tokenizer, draft_tokenizer, target_name: str, draft_name: 
                            "speculative decoding needs identical vocabularies")
 
 
+def draft_step(draft: Transformer, d_cache: KVCache, feed: torch.Tensor, draft_params: SamplingParams,
+               gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """The draft scores feed [B, f] for every live branch, commits it, and draws one token per branch
+    from the last position: (tokens [B], the distributions they were drawn from [B, V])."""
+    B = feed.shape[0]
+    d_logits = draft.decode(feed, d_cache)[:, -1]
+    d_cache.lens[:B] += feed.shape[1]
+    q = token_probs(d_logits, draft_params)
+    return draw(q, uniforms(gen, B)), q
+
+
+def propose(draft: Transformer, d_cache: KVCache, feed: torch.Tensor, k: int, draft_params: SamplingParams,
+            gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """k draft steps for all live branches: (drafts [B, k], their distributions [B, k, V])."""
+    drafts, q = [], []
+    for _ in range(k):
+        token, dist = draft_step(draft, d_cache, feed, draft_params, gen)
+        drafts.append(token)
+        q.append(dist)
+        feed = token.view(-1, 1)
+    return torch.stack(drafts, 1), torch.stack(q, 1)
+
+
+def verify(target: Transformer, t_cache: KVCache, last: torch.Tensor, drafts: torch.Tensor, q: torch.Tensor,
+           params: SamplingParams, gen: torch.Generator):
+    """The target scores [last, d1..dk] for every branch in one pass (relay attention, q = k + 1) and
+    applies the acceptance rule: (accepted drafts per branch [B], emitted tokens [B, k + 1] of which
+    the first accepted + 1 count, their log-probabilities and confidences)."""
+    B = drafts.shape[0]
+    t_logits = target.decode(torch.cat([last, drafts], dim=1), t_cache)
+    n_acc, nxt = accept_drafts(token_probs(t_logits, params), q, drafts, gen)
+    emitted = torch.cat([drafts, torch.zeros_like(nxt).view(B, 1)], dim=1)
+    emitted[torch.arange(B), n_acc] = nxt
+    return n_acc, emitted, *token_scores(t_logits, emitted)
+
+
+def commit(request: Request, spec: SpecStats, kr: int, n_acc: torch.Tensor, emitted, logprobs, confs) -> None:
+    """Append each branch's accepted drafts and its next token (up to its finish), and count acceptance."""
+    n_list = n_acc.tolist()
+    for row, (n_ok, toks, lps, cs) in enumerate(zip(n_list, emitted.tolist(), logprobs.tolist(), confs.tolist())):
+        for tok, lp, c in zip(toks[:n_ok + 1], lps[:n_ok + 1], cs[:n_ok + 1]):
+            if not request.emit(row, tok, lp, c):
+                break
+            request.stats.decode_tokens += 1
+            spec.emitted += 1
+        for i in range(min(n_ok + 1, kr)):
+            spec.reached[i] += 1
+            spec.accepted[i] += i < n_ok
+    spec.accept_counts.append(n_list)
+    spec.rounds += 1
+    spec.branch_rounds += len(n_list)
+
+
 def generate_speculative(target: Transformer, draft: Transformer, prompt: list[int], n: int, params: SamplingParams,
                          eos_ids: set[int], draft_len: int, draft_params: SamplingParams | None = None,
-                         on_step=None) -> tuple[list[Branch], GenerationStats, SpecStats]:
+                         on_step=None, stop=None, limits=None) -> tuple[list[Branch], GenerationStats, SpecStats]:
     """Like generate(), with k = draft_len tokens proposed by the draft per branch per round.
 
     draft_params sets how the draft proposes (default: the target's sampling); any proposal
@@ -102,90 +155,46 @@ def generate_speculative(target: Transformer, draft: Transformer, prompt: list[i
     capacity = params.max_new_tokens + k + 1
     t_cache = KVCache.allocate(cfg, len(prompt), n, capacity, target.dtype, target.device)
     d_cache = KVCache.allocate(draft.cfg, len(prompt), n, capacity, draft.dtype, draft.device)
-    gen = torch.Generator(device=target.device).manual_seed(params.seed)
-    stats, spec = GenerationStats(prompt_tokens=len(prompt)), SpecStats(k)
-    branches = [Branch() for _ in range(n)]
-
+    request, _ = start_request(target, prompt, n, params, eos_ids, [t_cache, d_cache], [target, draft], limits)
+    stats, spec, gen, dev = request.stats, SpecStats(k), request.gen, target.device
     t0 = time.perf_counter()
-    prompt_t = torch.tensor(prompt, dtype=torch.long)
-    logits = target.prefill(prompt_t, t_cache).expand(n, -1)
-    draft.prefill(prompt_t, d_cache)
-    first, first_lps, first_confs = sample(logits, params, uniforms(gen, n))
-    for b, tok, lp, c in zip(branches, first.tolist(), first_lps.tolist(), first_confs.tolist()):
-        append(b, tok, lp, c, eos_ids, params)
-    synchronize(target.device)
-    stats.prefill_s, stats.new_tokens = time.perf_counter() - t0, n
-    t0 = time.perf_counter()
-    rows = list(range(n))
-
-    while True:
-        keep = [r for r, b in enumerate(rows) if not branches[b].finish]
-        if not keep:
-            break
-        for cache in (t_cache, d_cache):
-            cache.keep_rows(keep)
-        rows = [rows[r] for r in keep]
-        B = len(rows)
-        toks = [branches[b].tokens for b in rows]
+    while request.compact([t_cache, d_cache], stop):
+        B = len(request.rows)
+        toks = [request.branches[b].tokens for b in request.rows]
         lengths = [len(t) for t in toks]
-        m = torch.tensor(lengths, device=target.device)
-        last = torch.tensor([t[-1] for t in toks], device=target.device).view(B, 1)
+        m = torch.tensor(lengths, device=dev)
+        last = torch.tensor([t[-1] for t in toks], device=dev).view(B, 1)
 
-        # Draft: kr steps for all live branches; the first also re-feeds T[m-2] (see module doc).
-        # The last rounds draft no more than the longest-lived branch can still emit.
-        kr = max(1, min(k, max(params.max_new_tokens - n for n in lengths) - 1))
+        # Propose: kr draft steps; the first also re-feeds T[m-2] (see module doc).  The last rounds
+        # draft no more than the longest-lived branch can still emit.
+        room = max((request.branches[b].limit or params.max_new_tokens) - len(request.branches[b].tokens)
+                   for b in request.rows)
+        kr = max(1, min(k, room - 1))
         ts = time.perf_counter()
         if min(lengths) >= 2:
             d_cache.lens[:B] = m - 2
-            feed = torch.cat([torch.tensor([t[-2] for t in toks], device=target.device).view(B, 1), last], dim=1)
+            feed = torch.cat([torch.tensor([t[-2] for t in toks], device=dev).view(B, 1), last], dim=1)
         else:
             feed = last
-        drafts, q = [], []
         fed = sum(lengths)
-        for j in range(kr):
-            stats.bytes_read += step_bytes(draft.cfg, d_cache.prefix_len, fed + j * B, draft.dtype)
-            d_logits = draft.decode(feed, d_cache)[:, -1]
-            d_cache.lens[:B] += feed.shape[1]
-            q.append(token_probs(d_logits, draft_params))
-            drafts.append(draw(q[-1], uniforms(gen, B)))
-            feed = drafts[-1].view(B, 1)
-        drafts, q = torch.stack(drafts, 1), torch.stack(q, 1)
-        synchronize(target.device)
+        stats.bytes_read += sum(step_bytes(draft.cfg, d_cache.prefix_len, fed + j * B, draft.dtype) for j in range(kr))
+        drafts, q = propose(draft, d_cache, feed, kr, draft_params, gen)
+        synchronize(dev)
         tv = time.perf_counter()
         spec.draft_s += tv - ts
 
-        # Verify: the target scores [last, d1..dk] for every branch in one pass.
         stats.bytes_read += step_bytes(cfg, t_cache.prefix_len, fed + kr * B, target.dtype)
-        t_logits = target.decode(torch.cat([last, drafts], dim=1), t_cache)
-        n_acc, nxt = accept_drafts(token_probs(t_logits, params), q, drafts, gen)
-        emitted = torch.cat([drafts, torch.zeros_like(nxt).view(B, 1)], dim=1)
-        emitted[torch.arange(B), n_acc] = nxt
-        logprobs, confs = token_scores(t_logits, emitted)
-        synchronize(target.device)
+        n_acc, emitted, logprobs, confs = verify(target, t_cache, last, drafts, q, params, gen)
+        synchronize(dev)
         spec.verify_s += time.perf_counter() - tv
 
         # Commit: the target keeps [last, d1..d_n]; the draft keeps what it fed of those.
         t_cache.lens[:B] += n_acc + 1
         d_cache.lens[:B] = m + n_acc.clamp(max=kr - 1)
-        n_list = n_acc.tolist()
-        for b, n_ok, row_toks, row_lps, row_cs in zip(rows, n_list, emitted.tolist(), logprobs.tolist(),
-                                                      confs.tolist()):
-            for tok, lp, c in zip(row_toks[:n_ok + 1], row_lps[:n_ok + 1], row_cs[:n_ok + 1]):
-                if branches[b].finish:
-                    break
-                append(branches[b], tok, lp, c, eos_ids, params)
-                stats.new_tokens += 1
-                stats.decode_tokens += 1
-                spec.emitted += 1
-            for i in range(min(n_ok + 1, kr)):
-                spec.reached[i] += 1
-                spec.accepted[i] += i < n_ok
-        spec.accept_counts.append(n_list)
-        spec.rounds += 1
-        spec.branch_rounds += B
+        commit(request, spec, kr, n_acc, emitted, logprobs, confs)
         stats.steps += 1
         if on_step:
             on_step(stats)
-    synchronize(target.device)
+    synchronize(dev)
     stats.decode_s = time.perf_counter() - t0
-    return branches, stats, spec
+    return request.branches, stats, spec

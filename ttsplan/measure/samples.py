@@ -11,8 +11,6 @@ its own seed, so a resumed run draws what an uninterrupted one would have).
 from dataclasses import asdict
 from pathlib import Path
 
-from ttsplan.datasets import Problem
-from ttsplan.engine.sampling import SamplingParams
 from ttsplan.errors import TTSPlanError
 from ttsplan.files import read_json_gz, write_json_gz
 
@@ -40,7 +38,7 @@ def load_samples(path: Path) -> dict | None:
         raise TTSPlanError(f"{path}: not a readable samples file ({type(e).__name__}: {e})") from e
 
 
-def new_store(model: dict, dataset: str, params: SamplingParams, n_max: int) -> dict:
+def new_store(model: dict, dataset: str, params, n_max: int) -> dict:
     return {"format": SAMPLES_FORMAT, "model": model, "dataset": dataset, "sampling": asdict(params),
             "n_max": n_max, "problems": []}
 
@@ -53,11 +51,12 @@ def check_compatible(store: dict, fresh: dict, path: Path) -> None:
                                "give another output folder or the same settings")
 
 
-def collect_samples(engine, problems: list[Problem], n_max: int, params: SamplingParams, path: Path,
-                    model: dict, dataset: str, on_problem=None) -> dict:
-    """Generate n_max branches for every problem not yet in the store at path; return the store.
-
-    Problem i of the dataset is sampled with seed params.seed + i (its index in the dataset)."""
+def collect_samples(engine, problems, n_max: int, params, path: Path, model: dict, dataset: str,
+                    on_problem=None) -> dict:
+    """Generate n_max branches (SamplingParams `params`) for every problem (datasets.Problem) not yet
+    in the store at path; return the store.  Problem i of the dataset is sampled with seed
+    params.seed + i (its index in the dataset)."""
+    from ttsplan.engine.sampling import SamplingParams
     from ttsplan.runner import encode, generate_branches
 
     fresh = new_store(model, dataset, params, n_max)

@@ -1,0 +1,128 @@
+"""`ttsplan profile`: measure a device profile and a task profile, resuming whatever an earlier run left.
+
+  profile_device  step costs of a real model (or a random-weight shipped shape) on this device,
+                  with a draft's step and round costs when a draft is given
+  profile_task    N_max branches per calibration problem, graded into the task profile; the draft's
+                  acceptance at the sampling temperature and at 0 (greedy) when a draft is given
+
+Both write under profiles/ (or --out-dir) atomically after every measured point or problem, and
+measure only what the files there do not hold yet.
+"""
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from ttsplan.assets import weights_sha256
+from ttsplan.engine.config import ModelConfig
+from ttsplan.errors import TTSPlanError
+from ttsplan.hardware import copy_bandwidth, device_name, device_slug
+from ttsplan.measure.profiles import DeviceProfile, DraftCosts, ModelInfo, load_device_profile, load_task_profile, \
+    save_profile, software_versions, today
+from ttsplan.measure.step_cost import Grid, measure_device
+
+ACCEPTANCE_PROMPTS = 8
+
+
+def model_info(name: str, cfg: ModelConfig, random_weights: bool) -> ModelInfo:
+    return ModelInfo(name, cfg.shape_hash(), "" if random_weights else weights_sha256(name), asdict(cfg))
+
+
+def calibration_text_ids(tokenizer, tokens: int) -> list[int]:
+    """Real text (GSM8K questions, joined) of at least `tokens` tokens, for prompts of any length."""
+    from ttsplan.datasets import load_problems
+    text, ids = "", []
+    for p in load_problems("gsm8k"):
+        text += p.question + "\n"
+        if len(text) > 3 * tokens:
+            ids = tokenizer(text)["input_ids"]
+            if len(ids) >= tokens:
+                return ids
+    return tokenizer(text)["input_ids"]
+
+
+def device_profile_path(out_dir: Path, device: torch.device, model: str) -> Path:
+    return Path(out_dir) / "device" / f"{device_slug(device)}-relay-{Path(model).name}.yaml"
+
+
+def task_profile_dir(out_dir: Path, model: str, dataset: str) -> Path:
+    return Path(out_dir) / "tasks" / f"{Path(model).name}-{dataset}"
+
+
+def load_models(model: str | None, random_weights: str | None, draft: str | None, device: torch.device):
+    """(target, draft or None, tokenizer or None, target info, draft info) for a real model or a shape."""
+    from ttsplan.engine.model import Transformer, default_dtype
+    dtype = default_dtype(device)
+    if random_weights:
+        cfg = ModelConfig.shipped(random_weights)
+        target = Transformer.random(cfg, device, dtype)
+        d = Transformer.random(ModelConfig.shipped(draft), device, dtype, seed=1) if draft else None
+        return (target, d, None, model_info(random_weights, cfg, True),
+                model_info(draft, d.cfg, True) if draft else None)
+    from ttsplan.runner import load_draft, load_engine
+    engine = load_engine(model, device.type)
+    d = load_draft(engine, draft, device.type) if draft else None
+    return (engine.model, d.model if d else None, engine,
+            model_info(model, engine.model.cfg, False), model_info(draft, d.model.cfg, False) if d else None)
+
+
+def profile_device(target, draft, engine, info: ModelInfo, draft_info, device: torch.device, grid: Grid,
+                   out: Path, on_task=None) -> DeviceProfile:
+    """Measure (or finish measuring) the device profile at `out`."""
+    if out.exists():
+        profile = load_device_profile(out)
+        name = device_name(device)
+        for field, have, want in (("device.name", profile.device["name"], name),
+                                  ("model.shape", profile.model.shape, info.shape), ("dtype", profile.dtype,
+                                                                                     str(target.dtype).split(".")[-1])):
+            if have != want:
+                raise TTSPlanError(f"{out}: field '{field}' is {have!r}, not {want!r}: this run would mix two "
+                                   "profiles; give another --out-dir")
+    else:
+        profile = DeviceProfile({"name": device_name(device), "type": device.type,
+                                 "copy_bandwidth_gbs": round(copy_bandwidth(device) / 1e9, 2)},
+                                "relay", str(target.dtype).split(".")[-1], info, grid.as_dict(), [], [], [],
+                                software=software_versions(), date=today())
+    profile.grid = grid.as_dict()
+    if draft is not None and profile.draft is None:
+        profile.draft = DraftCosts(draft_info, [], [])
+    if engine is not None:
+        prompt_ids = calibration_text_ids(engine.tokenizer, max(grid.prompt) + max(grid.branches) * max(grid.query))
+    else:
+        gen = torch.Generator().manual_seed(0)
+        prompt_ids = torch.randint(0, target.cfg.vocab_size, (max(grid.prompt) + 1024,), generator=gen).tolist()
+    return measure_device(profile, out, target, prompt_ids, grid, draft, on_task)
+
+
+def profile_task(engine, draft_engine, info: ModelInfo, draft_info, dataset: str, offset: int, limit: int,
+                 n_max: int, max_new_tokens: int, temperature: float, top_p: float, out_dir: Path,
+                 on_problem=None, on_prompt=None):
+    """Sample (or finish sampling) the calibration problems, grade them, measure the acceptance; write
+    task.yaml beside samples.json.gz.  Returns the task profile and its path."""
+    from ttsplan.datasets import load_problems
+    from ttsplan.engine.sampling import SamplingParams
+    from ttsplan.measure.samples import collect_samples
+    from ttsplan.measure.task import build_task_profile, measure_acceptance
+    from ttsplan.runner import encode
+    if n_max < 1:
+        raise TTSPlanError(f"--n-max must be at least 1, got {n_max}")
+    problems = load_problems(dataset, limit, offset)
+    if not problems:
+        raise TTSPlanError(f"{dataset} has no problems from offset {offset}")
+    params = SamplingParams(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=0)
+    samples = out_dir / "samples.json.gz"
+    path = out_dir / "task.yaml"
+    store = collect_samples(engine, problems, n_max, params, samples, asdict(info), dataset, on_problem)
+    acceptance = load_task_profile(path).acceptance if path.exists() else []
+    if draft_engine is not None:
+        prompts = [encode(engine, p.question) for p in problems[:ACCEPTANCE_PROMPTS]]
+        for temp in (temperature, 0.0):
+            if any(a.draft.shape == draft_info.shape and a.temperature == temp for a in acceptance):
+                continue
+            acceptance.append(measure_acceptance(engine.model, draft_engine.model, draft_info, prompts,
+                                                 engine.eos_ids, temp, on_prompt=on_prompt))
+            save_profile(build_task_profile(store, samples, engine.tokenizer, info, offset, acceptance), path)
+    profile = build_task_profile(store, samples, engine.tokenizer, info, offset, acceptance)
+    profile.offset = min(p["index"] for p in store["problems"])
+    save_profile(profile, path)
+    return profile, path

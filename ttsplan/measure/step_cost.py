@@ -1,0 +1,288 @@
+"""A device profile: what each part of a request costs on this device, timed the way the engine runs it.
+
+  decode step (q = 1)  the engine's decoder: forward + sampling, replayed from a CUDA graph on a GPU
+  verify (q = k + 1)   speculative.verify: the target over k + 1 tokens per branch + the acceptance rule
+  draft step           speculative.draft_step: the draft's proposal, q = 1
+  prefill              Transformer.prefill of the prompt
+  capture              GraphDecoder's capture of one batch bucket (GPU; once per request and bucket)
+  loop overhead        a real generate() loop's time per step beyond its steps: host bookkeeping
+  round overhead       a real speculative round's time beyond its draft steps and its verification
+
+Each step point (b live branches, q query tokens per branch, shared prompt P, own tokens S per
+branch) runs on a KV cache filled from a real prefill of a P-token prompt (GSM8K text, or random
+tokens for random weights), so sampling sees realistic distributions.  Every point is warmed up and
+timed with the device synchronized around each call: median, p10 and p90 of the repeats.
+Points already in the output profile are not measured again (a killed run resumes).
+"""
+import statistics
+import time
+from dataclasses import dataclass
+
+import torch
+
+from ttsplan.engine.generate import decoder, generate
+from ttsplan.engine.kv_cache import KVCache, free_memory_bytes, kv_cache_bytes
+from ttsplan.engine.model import Transformer
+from ttsplan.engine.sampling import SamplingParams, token_probs
+from ttsplan.engine.speculative import draft_step, generate_speculative, verify
+from ttsplan.errors import TTSPlanError
+from ttsplan.hardware import synchronize
+from ttsplan.measure.profiles import BatchCost, PrefillCost, StepCost
+
+TIMING_PARAMS = SamplingParams(temperature=0.7, top_p=0.95)
+
+
+@dataclass(frozen=True)
+class Grid:
+    """The axes of a step-cost grid.  Every b x q pair is measured at the core (prompt, own); the
+    prompt x own sweep is measured at the smallest and largest b, q = 1 and the middle q."""
+    branches: tuple[int, ...]
+    query: tuple[int, ...]
+    prompt: tuple[int, ...]
+    own: tuple[int, ...]
+    core: tuple[int, int]
+
+    def points(self, window: int, query: tuple[int, ...] | None = None) -> list[tuple[int, int, int, int]]:
+        query = query or self.query
+        pts = [(b, q, *self.core) for b in self.branches for q in query]
+        sweep_q = sorted({query[0], query[len(query) // 2]})
+        pts += [(b, q, p, s) for b in sorted({self.branches[0], self.branches[-1]}) for q in sweep_q
+                for p in self.prompt for s in self.own]
+        seen, out = set(), []
+        for pt in pts:
+            if pt not in seen and pt[2] + pt[3] + pt[1] <= window:
+                seen.add(pt)
+                out.append(pt)
+        return out
+
+    def as_dict(self) -> dict:
+        return {"branches": list(self.branches), "query": list(self.query), "prompt": list(self.prompt),
+                "own": list(self.own), "core": list(self.core)}
+
+
+GRIDS = {
+    ("cpu", False): Grid((1, 2, 4, 8, 16), (1, 2, 3, 5, 9), (128, 1024), (0, 256, 512), (128, 256)),
+    ("cpu", True): Grid((1, 4, 16), (1, 3), (128,), (0, 256), (128, 128)),
+    ("cuda", False): Grid((1, 2, 4, 8, 16, 32, 64, 128), (1, 2, 3, 5, 9), (128, 1024, 8192), (0, 512, 2048),
+                          (1024, 512)),
+    ("cuda", True): Grid((1, 8, 64), (1, 5), (512,), (0, 512), (512, 256)),
+}
+LOOP_STEPS = {"cpu": 24, "cuda": 64}
+
+
+def default_grid(device: torch.device, quick: bool) -> Grid:
+    return GRIDS[(device.type, quick)]
+
+
+def timed(fn, device: torch.device, warmup: int, repeats: int, budget_s: float) -> tuple[float, float, float, int]:
+    """(median, p10, p90 in ms, repeats) of fn() with the device synchronized around each call;
+    stops early once budget_s is spent (at least 3 repeats)."""
+    for _ in range(warmup):
+        fn()
+    times, t_start = [], time.perf_counter()
+    for i in range(repeats):
+        synchronize(device)
+        t0 = time.perf_counter()
+        fn()
+        synchronize(device)
+        times.append((time.perf_counter() - t0) * 1e3)
+        if i >= 2 and time.perf_counter() - t_start > budget_s:
+            break
+    times.sort()
+    pick = lambda f: times[min(len(times) - 1, int(f * len(times)))]
+    return statistics.median(times), pick(0.1), pick(0.9), len(times)
+
+
+def check_grid_fits(models: list[Transformer], points, capacity: int) -> None:
+    """Refuse, before any allocation, a grid whose largest KV cache cannot fit in free memory."""
+    def need(pt):
+        b, _, p, _ = pt
+        return sum(kv_cache_bytes(m.cfg, p, b, capacity, m.dtype) for m in models)
+    worst = max(points, key=need)
+    free = free_memory_bytes(models[0].device)
+    if need(worst) > 0.9 * free:
+        b, q, p, s = worst
+        raise TTSPlanError(f"the grid point b={b}, q={q}, prompt {p}, own {s} needs {need(worst) / 2**30:.2f} GiB of "
+                           f"KV cache but only {free / 2**30:.2f} GiB is free on {models[0].device}: use --quick, "
+                           "fewer --branches or shorter --prompts/--own")
+
+
+class PromptCaches:
+    """One real prefill per prompt length, shared by every point of that length; each point gets its
+    own suffix rows, filled from the prompt's KV so attention and sampling see realistic values."""
+
+    def __init__(self, model: Transformer, prompt_ids: list[int], capacity: int):
+        self.model, self.prompt_ids, self.capacity, self.prefixes = model, prompt_ids, capacity, {}
+
+    def cache(self, prompt: int, b: int, own: int) -> KVCache:
+        m = self.model
+        if prompt not in self.prefixes:
+            base = KVCache.allocate(m.cfg, prompt, 1, 1, m.dtype, m.device)
+            m.prefill(torch.tensor(self.prompt_ids[:prompt]), base)
+            self.prefixes = {prompt: (base.prefix_k, base.prefix_v)}  # one prompt length held at a time
+        pk, pv = self.prefixes[prompt]
+        cache = KVCache.allocate(m.cfg, 0, b, self.capacity, m.dtype, m.device)
+        cache.prefix_k, cache.prefix_v = pk, pv
+        for buf, src in ((cache.suffix_k, pk), (cache.suffix_v, pv)):
+            for layer, s in zip(buf, src):
+                reps = -(-self.capacity // max(prompt, 1))
+                layer.copy_(s.repeat(1, reps, 1)[:, :self.capacity].unsqueeze(0).expand(b, -1, -1, -1))
+        cache.lens.fill_(own)
+        return cache
+
+
+def step_point(model: Transformer, caches: PromptCaches, b: int, q: int, prompt: int, own: int,
+               repeats: int, budget_s: float) -> StepCost:
+    """One decode step (q = 1) or one verification of q - 1 drafts, as the engine runs it."""
+    dev = model.device
+    cache = caches.cache(prompt, b, own)
+    gen = torch.Generator(device=dev).manual_seed(0)
+    tokens = torch.tensor(caches.prompt_ids[:b * q], device=dev).view(b, q) if len(caches.prompt_ids) >= b * q \
+        else torch.randint(0, model.cfg.vocab_size, (b, q), device=dev, generator=gen)
+    if q == 1:
+        step = decoder(model, cache, b, TIMING_PARAMS, cuda_graphs=True)
+        u = torch.rand(b, device=dev, generator=gen)
+        fn = lambda: step(tokens, u)
+    else:
+        drafts = tokens[:, 1:]
+        dist = token_probs(torch.randn(b, q - 1, model.cfg.vocab_size, device=dev, generator=gen) * 4, TIMING_PARAMS)
+        fn = lambda: verify(model, cache, tokens[:, :1], drafts, dist, TIMING_PARAMS, gen)
+    ms, p10, p90, n = timed(fn, dev, warmup=2 if dev.type == "cuda" else 1, repeats=repeats, budget_s=budget_s)
+    return StepCost(b, q, prompt, own, round(ms, 4), round(p10, 4), round(p90, 4), n)
+
+
+def draft_point(draft: Transformer, caches: PromptCaches, b: int, prompt: int, own: int,
+                repeats: int, budget_s: float) -> StepCost:
+    dev = draft.device
+    cache = caches.cache(prompt, b, own)
+    gen = torch.Generator(device=dev).manual_seed(0)
+    feed = torch.tensor(caches.prompt_ids[:b], device=dev).view(b, 1)
+
+    def fn():
+        draft_step(draft, cache, feed, TIMING_PARAMS, gen)
+        cache.lens[:b] -= 1  # uncommit: every repeat runs at the same length
+    ms, p10, p90, n = timed(fn, dev, warmup=1, repeats=repeats, budget_s=budget_s)
+    return StepCost(b, 1, prompt, own, round(ms, 4), round(p10, 4), round(p90, 4), n)
+
+
+def prefill_point(model: Transformer, prompt_ids: list[int], prompt: int, repeats: int, budget_s: float) -> PrefillCost:
+    cache = KVCache.allocate(model.cfg, prompt, 1, 1, model.dtype, model.device)
+    tokens = torch.tensor(prompt_ids[:prompt])
+    ms, _, _, _ = timed(lambda: model.prefill(tokens, cache), model.device, warmup=1, repeats=repeats, budget_s=budget_s)
+    return PrefillCost(prompt, round(ms, 4))
+
+
+def capture_point(model: Transformer, caches: PromptCaches, b: int, prompt: int, own: int) -> BatchCost:
+    """Seconds GraphDecoder spends capturing one bucket (the first capture also compiles kernels;
+    that warm-up is left out by capturing twice and keeping the second)."""
+    for _ in range(2):
+        step = decoder(model, caches.cache(prompt, b, own), b, TIMING_PARAMS, cuda_graphs=True)
+    return BatchCost(b, 0, round(step.capture_s * 1e3, 4))
+
+
+def loop_overhead_point(model: Transformer, caches: PromptCaches, b: int, prompt: int, steps: int,
+                        repeats: int, budget_s: float) -> BatchCost:
+    """A real generate() of `steps` decode steps from a `prompt`-token prompt, less `steps` isolated
+    decode steps at the middle own length: the loop's host work per step."""
+    params = SamplingParams(temperature=0.7, top_p=0.95, max_new_tokens=steps + 1, ignore_eos=True)
+    ids = caches.prompt_ids[:prompt]
+    _, stats = generate(model, ids, b, params, set())  # warm-up (captures graphs, compiles kernels)
+    loop = []
+    for _ in range(3):
+        _, stats = generate(model, ids, b, params, set())
+        loop.append(stats.decode_s * 1e3 / stats.steps)
+    step = step_point(model, caches, b, 1, prompt, steps // 2, repeats, budget_s)
+    return BatchCost(b, 0, round(statistics.median(loop) - step.ms, 4))
+
+
+def round_overhead_point(target: Transformer, draft: Transformer, t_caches: PromptCaches, d_caches: PromptCaches,
+                         b: int, k: int, prompt: int, rounds: int, repeats: int, budget_s: float) -> BatchCost:
+    """A real speculative generation of about `rounds` rounds, less its parts timed alone (k draft
+    steps and one verification of k + 1 tokens, at the middle own length): the round's own cost."""
+    params = SamplingParams(temperature=0.7, top_p=0.95, max_new_tokens=rounds * (k + 1), ignore_eos=True)
+    ids = t_caches.prompt_ids[:prompt]
+    generate_speculative(target, draft, ids, b, params, set(), k)  # warm-up
+    per_round, mid = [], 0
+    for _ in range(2):
+        branches, stats, spec = generate_speculative(target, draft, ids, b, params, set(), k)
+        per_round.append(stats.decode_s * 1e3 / spec.rounds)
+        mid = max(len(x.tokens) for x in branches) // 2
+    verify_ms = step_point(target, t_caches, b, k + 1, prompt, mid, repeats, budget_s).ms
+    draft_ms = draft_point(draft, d_caches, b, prompt, mid, repeats, budget_s).ms
+    return BatchCost(b, k, round(statistics.median(per_round) - k * draft_ms - verify_ms, 4))
+
+
+REPEATS = {"cpu": (7, 3.0), "cuda": (25, 1.0)}  # (most repeats, seconds per point)
+DRAFT_LENGTHS = (1, 2, 4, 8)
+
+
+def plan_tasks(grid: Grid, window: int, draft_window: int | None, on_gpu: bool) -> list[tuple]:
+    """Everything a device profile measures, as keys: ('step', b, q, P, S), ('prefill', P),
+    ('capture', b), ('loop', b), ('draft', b, P, S), ('draft-prefill', P), ('round', b, k); ordered so that points of
+    one prompt length run together (one prefill each)."""
+    tasks = [("step", *pt) for pt in grid.points(window)]
+    tasks += [("prefill", p) for p in sorted({*grid.prompt, grid.core[0]})]
+    ends = sorted({grid.branches[0], grid.branches[len(grid.branches) // 2], grid.branches[-1]})
+    if on_gpu:
+        tasks += [("capture", b) for b in grid.branches]
+    tasks += [("loop", b) for b in ends]
+    if draft_window is not None:
+        tasks += [("draft", b, p, s) for b, _, p, s in grid.points(min(window, draft_window), query=(1,))]
+        tasks += [("draft-prefill", p) for p in sorted({*grid.prompt, grid.core[0]})]
+        tasks += [("round", b, k) for b in sorted({grid.branches[0], grid.branches[-1]}) for k in DRAFT_LENGTHS
+                  if k + 1 in grid.query]
+    order = {"step": 0, "draft": 1, "prefill": 2, "draft-prefill": 2, "capture": 3, "loop": 4, "round": 5}
+    prompt_of = {"step": lambda t: t[3], "draft": lambda t: t[2]}
+    return sorted(tasks, key=lambda t: (order[t[0]], prompt_of.get(t[0], lambda t: 0)(t)))
+
+
+def measured_keys(profile) -> set[tuple]:
+    keys = {("step", s.b, s.q, s.prompt, s.own) for s in profile.steps}
+    keys |= {("prefill", p.prompt) for p in profile.prefill}
+    keys |= {("capture", c.b) for c in profile.capture} | {("loop", c.b) for c in profile.loop_overhead}
+    if profile.draft:
+        keys |= {("draft", s.b, s.prompt, s.own) for s in profile.draft.steps}
+        keys |= {("round", c.b, c.k) for c in profile.draft.round_overhead}
+        keys |= {("draft-prefill", p.prompt) for p in profile.draft.prefill}
+    return keys
+
+
+def measure_device(profile, out, model: Transformer, prompt_ids: list[int], grid: Grid,
+                   draft: Transformer | None = None, on_task=None):
+    """Measure every task of the grid that the profile (new, or loaded from `out`) does not hold yet,
+    saving it atomically after each one; returns the profile.  on_task(task, done, total) reports."""
+    from ttsplan.measure.profiles import save_profile
+    dev = model.device
+    repeats, budget = REPEATS[dev.type]
+    capacity = max(grid.own) + max(grid.query) + 1
+    window = model.cfg.max_position_embeddings
+    tasks = [t for t in plan_tasks(grid, window, draft.cfg.max_position_embeddings if draft else None,
+                                   dev.type == "cuda") if t not in measured_keys(profile)]
+    step_points = [t[1:] for t in tasks if t[0] == "step"] or [(1, 1, grid.core[0], grid.core[1])]
+    check_grid_fits([model] + ([draft] if draft else []), step_points, capacity)
+    t_caches = PromptCaches(model, prompt_ids, capacity)
+    d_caches = PromptCaches(draft, prompt_ids, capacity) if draft else None
+    for task in tasks:
+        if on_task:
+            on_task(task, False, len(tasks))
+        kind, args = task[0], task[1:]
+        if kind == "step":
+            profile.steps.append(step_point(model, t_caches, *args, repeats, budget))
+        elif kind == "prefill":
+            profile.prefill.append(prefill_point(model, prompt_ids, args[0], repeats, budget))
+        elif kind == "capture":
+            profile.capture.append(capture_point(model, t_caches, args[0], *grid.core))
+        elif kind == "loop":
+            profile.loop_overhead.append(loop_overhead_point(model, t_caches, args[0], grid.core[0],
+                                                             LOOP_STEPS[dev.type], repeats, budget))
+        elif kind == "draft-prefill":
+            profile.draft.prefill.append(prefill_point(draft, prompt_ids, args[0], repeats, budget))
+        elif kind == "draft":
+            profile.draft.steps.append(draft_point(draft, d_caches, *args, repeats, budget))
+        elif kind == "round":
+            profile.draft.round_overhead.append(round_overhead_point(
+                model, draft, t_caches, d_caches, args[0], args[1], grid.core[0], 4, repeats, budget))
+        save_profile(profile, out)
+        if on_task:
+            on_task(task, True, len(tasks))
+    return profile

@@ -1,0 +1,90 @@
+"""A plan's accuracy, estimated from the task profile's samples without generating again.
+
+For N <= N_max branches, the expected accuracy on a problem is the mean, over subsets of N of its
+N_max i.i.d. sampled branches, of whether the vote over the subset is correct: every subset when
+there are at most MAX_SUBSETS of them (exact), else MAX_SUBSETS uniformly drawn ones (unbiased).
+A vote tied between classes credits each tied class equally, which is what the executor's
+earliest-branch tie-break gives over a random branch order.  Accuracy over the calibration set is
+the mean over problems, with a 95% interval from a bootstrap over problems.  Plans with more
+branches than N_max are refused: nothing is extrapolated.
+"""
+from dataclasses import dataclass
+from functools import lru_cache
+from itertools import combinations
+from math import comb
+
+import numpy as np
+
+from ttsplan.planning.task_arrays import TaskArrays
+
+MAX_SUBSETS = 96
+BOOTSTRAP = 2000
+
+
+@lru_cache(maxsize=None)
+def subset_matrix(n: int, size: int, max_subsets: int = MAX_SUBSETS, seed: int = 0) -> np.ndarray:
+    """[M, n] 0/1 rows, each a subset of `size` of the n branches."""
+    if comb(n, size) <= max_subsets:
+        rows = list(combinations(range(n), size))
+    else:
+        rng = np.random.default_rng(seed + size)
+        rows = [rng.choice(n, size, replace=False) for _ in range(max_subsets)]
+    z = np.zeros((len(rows), n))
+    for r, members in enumerate(rows):
+        z[r, list(members)] = 1.0
+    return z
+
+
+def vote_credit(scores: np.ndarray, correct: np.ndarray) -> np.ndarray:
+    """scores [..., P, K] total weight per class, correct [P, K] -> credit [..., P] in [0, 1]: the
+    share of the tied winners that are correct (0 when nobody voted)."""
+    top = scores.max(-1, keepdims=True)
+    tied = (scores >= top * (1 - 1e-12)) & (top > 0)
+    return (tied & correct).sum(-1) / np.maximum(tied.sum(-1), 1)
+
+
+def per_problem_accuracy(classes: np.ndarray, weights: np.ndarray, correct: np.ndarray,
+                         sizes: list[int], max_subsets: int = MAX_SUBSETS) -> np.ndarray:
+    """[len(sizes), P]: each problem's expected accuracy with N branches, for each N in sizes."""
+    P, n = classes.shape
+    K = correct.shape[1]
+    onehot = (classes[:, :, None] == np.arange(K)) * weights[:, :, None]      # [P, n, K]
+    flat = onehot.transpose(1, 0, 2).reshape(n, P * K)
+    z = [subset_matrix(n, size, max_subsets) for size in sizes]
+    starts = np.cumsum([0] + [len(x) for x in z[:-1]])
+    credit = vote_credit((np.concatenate(z) @ flat).reshape(-1, P, K), correct)      # [all subsets, P]
+    return np.add.reduceat(credit, starts, axis=0) / np.array([len(x) for x in z])[:, None]
+
+
+@dataclass
+class Estimate:
+    accuracy: float
+    low: float = float("nan")   # 95% bootstrap interval over problems
+    high: float = float("nan")
+
+
+def bootstrap(per_problem: np.ndarray, seed: int = 0) -> tuple[float, float]:
+    """per_problem [P] -> the 2.5th and 97.5th percentiles of the mean over resampled problems."""
+    P = len(per_problem)
+    means = per_problem[np.random.default_rng(seed).integers(0, P, (BOOTSTRAP, P))].mean(-1)
+    return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+
+
+class AccuracyTable:
+    """Expected accuracy per (vote rule, cap, N), from per-problem estimates kept for the intervals."""
+
+    def __init__(self, task: TaskArrays, rules, caps, max_subsets: int = MAX_SUBSETS):
+        sizes = list(range(1, task.n_max + 1))
+        self.per_problem = {}
+        for cap in caps:
+            classes = task.classes_at(cap)
+            for rule in rules:
+                self.per_problem[(rule, cap)] = per_problem_accuracy(
+                    classes, task.weights_at(rule, cap), task.correct, sizes, max_subsets)
+
+    def mean(self, rule: str, cap: int, N: int) -> float:
+        return float(self.per_problem[(rule, cap)][N - 1].mean())
+
+    def estimate(self, rule: str, cap: int, N: int) -> Estimate:
+        pp = self.per_problem[(rule, cap)][N - 1]
+        return Estimate(float(pp.mean()), *bootstrap(pp))

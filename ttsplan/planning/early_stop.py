@@ -1,0 +1,56 @@
+"""Early stop on a decided vote, replayed on the task profile's samples.
+
+Branches finish in order of their (capped) lengths.  After each finish the vote is decided when the
+leader's weight exceeds the runner-up's plus the most the unfinished branches can still add
+(`voting.decided`, `voting.weight_bound`): the answer is then the one waiting for every branch
+would give, and the request can end there.  This module finds, for many draws of N branches at
+once, how many branches had finished when the vote was decided.
+"""
+import numpy as np
+
+from ttsplan.voting import WINDOW
+
+
+def bounds_at(task, rule: str, p_idx: np.ndarray, branch: np.ndarray, tokens: np.ndarray) -> np.ndarray:
+    """weight_bound of the given branches when they hold `tokens` tokens (vectorized)."""
+    if rule in ("majority", "mean-logprob"):
+        return np.ones(branch.shape)
+    w = task.weights[rule][p_idx, branch, np.minimum(tokens, task.weights[rule].shape[2]) - 1]
+    return np.where(tokens >= WINDOW, w, np.inf)
+
+
+def finished_at_decision(task, draws: np.ndarray, p_idx: np.ndarray, N: int, cap: int, rule: str) -> np.ndarray:
+    """draws [D, N] branch indices (of problem p_idx[d]) -> [D] how many had finished, in order of
+    length, when the vote was decided (N when only the last finish decides it)."""
+    D = len(draws)
+    lengths = np.minimum(task.lengths[p_idx[:, None], draws], cap)         # [D, N]
+    order = np.argsort(lengths, axis=1, kind="stable")
+    branch = np.take_along_axis(draws, order, 1)                           # finish order
+    ends = np.take_along_axis(lengths, order, 1)
+    classes = task.classes_at(cap)[p_idx[:, None], branch]                 # [D, N]
+    weights = task.weights_at(rule, cap)[p_idx[:, None], branch]
+    K = task.correct.shape[1]
+    tally = np.zeros((D, K + 1))  # a last column collects branches without an answer (weight ignored)
+    result = np.full(D, N)
+    undecided = np.ones(D, dtype=bool)
+    rows = np.arange(D)
+    for m in range(N - 1):  # after the last finish nothing is pending: decided by definition
+        cls = classes[:, m]
+        tally[rows, np.where(cls >= 0, cls, K)] += np.where(cls >= 0, weights[:, m], 0.0)
+        if rule in ("majority", "mean-logprob"):
+            pending = float(N - m - 1)  # every unfinished branch can add at most 1
+        else:
+            pending = bounds_at(task, rule, p_idx[:, None], branch[:, m + 1:],
+                                np.broadcast_to(ends[:, m:m + 1], (D, N - m - 1))).sum(1)
+        votes = tally[:, :K]
+        lead = votes.argmax(1)
+        top = votes[rows, lead]
+        votes[rows, lead] = -np.inf
+        second = np.maximum(votes.max(1), 0.0)
+        votes[rows, lead] = top
+        now = undecided & (top > 0) & (top > second + pending)
+        result[now] = m + 1
+        undecided &= ~now
+        if not undecided.any():
+            break
+    return result

@@ -1,0 +1,81 @@
+"""`ttsplan optimize`: two profiles in, the best plan (and the plans it beats) out.
+
+device profile -> fitted cost model ┐
+task profile   -> accuracy samples  ┴-> replay and score every plan -> choose -> Plan
+Planning is offline (plan for an H100 from a laptop): the profiles are only checked against each
+other, never against this machine.
+"""
+from dataclasses import dataclass
+from pathlib import Path
+
+from ttsplan.errors import TTSPlanError
+from ttsplan.measure.profiles import Acceptance, DeviceProfile, TaskProfile, load_device_profile, load_task_profile
+from ttsplan.planning.latency import DeviceCosts, Replay
+from ttsplan.planning.plan import Plan
+from ttsplan.planning.search import Candidate, SearchResult, baselines, choose, search, with_binds
+from ttsplan.planning.task_arrays import TaskArrays, load_task_arrays
+
+
+@dataclass
+class Optimized:
+    device: DeviceProfile
+    task: TaskProfile
+    costs: DeviceCosts
+    arrays: TaskArrays
+    replay: Replay
+    result: SearchResult
+    chosen: Candidate
+    baselines: dict
+    acceptance: Acceptance | None
+    plan: Plan
+
+
+def matching_acceptance(device: DeviceProfile, task: TaskProfile) -> Acceptance | None:
+    """The task profile's acceptance for the device profile's draft shape at the sampling temperature."""
+    if device.draft is None:
+        return None
+    temp = task.sampling["temperature"]
+    for a in task.acceptance:
+        if a.draft.shape == device.draft.model.shape and abs(a.temperature - temp) < 1e-9:
+            return a
+    return None
+
+
+def check_agree(device: DeviceProfile, task: TaskProfile, device_path: Path, task_path: Path) -> None:
+    if device.model.shape != task.model.shape:
+        raise TTSPlanError(f"the profiles disagree: {task_path} is for {task.model.name} (shape {task.model.shape}) "
+                           f"but {device_path} is for {device.model.name} (shape {device.model.shape})")
+
+
+def load_profiles(device_path: Path, task_path: Path):
+    device, task = load_device_profile(device_path), load_task_profile(task_path)
+    check_agree(device, task, device_path, task_path)
+    return device, task
+
+
+def optimize(device_path: Path, task_path: Path, budget_s: float | None = None,
+             target_accuracy: float | None = None, stat: str = "p90") -> Optimized:
+    if (budget_s is None) == (target_accuracy is None):
+        raise TTSPlanError("give exactly one of --budget or --target-accuracy")
+    if stat not in ("p90", "mean"):
+        raise TTSPlanError(f"--stat is p90 or mean, not {stat!r}")
+    device, task = load_profiles(device_path, task_path)
+    costs = DeviceCosts.fit(device)
+    arrays = load_task_arrays(task, task_path)
+    acceptance = matching_acceptance(device, task)
+    replay = Replay(costs, arrays, on_gpu=device.device["type"] == "cuda")
+    ks = sorted({c.k for c in device.draft.round_overhead}) if device.draft else []
+    result = search(replay, acceptance.per_position if acceptance else None, draft_lengths=ks, stat=stat)
+    chosen = with_binds(replay, choose(result, budget_s, target_accuracy), acceptance and acceptance.per_position)
+    low, high = result.interval(chosen)
+    plan = Plan(model=task.model.name, branches=chosen.branches, vote=chosen.vote, max_new_tokens=chosen.cap,
+                early_stop=chosen.early_stop, draft=acceptance.draft.name if chosen.draft_len else None,
+                draft_len=chosen.draft_len, temperature=task.sampling["temperature"], top_p=task.sampling["top_p"],
+                top_k=task.sampling["top_k"], dataset=task.dataset,
+                device={"name": device.device["name"], "type": device.device["type"], "backend": device.backend,
+                        "shape": device.model.shape, "profile": str(device_path)},
+                predicted={"accuracy": round(chosen.accuracy, 4), "interval": [round(low, 4), round(high, 4)],
+                           "mean_s": round(chosen.mean_s, 4), "p90_s": round(chosen.p90_s, 4), "stat": stat,
+                           "budget_s": budget_s, "target_accuracy": target_accuracy, "task_profile": str(task_path)})
+    return Optimized(device, task, costs, arrays, replay, result, chosen, baselines(result, chosen, budget_s),
+                     acceptance, plan)

@@ -1,0 +1,167 @@
+"""What the CLI prints: rich tables of profiles, plans and runs, the Pareto frontier as a terminal chart
+and as a PNG."""
+from pathlib import Path
+
+import numpy as np
+from rich.table import Table
+
+from ttsplan.voting import VOTE_RULES
+
+
+def _table(title: str, columns, caption: str | None = None) -> Table:
+    table = Table(title=title, caption=caption)
+    for i, col in enumerate(columns):
+        table.add_column(col, justify="left" if i == 0 else "right")
+    return table
+
+
+# --- device profile ------------------------------------------------------------------------------
+
+def device_tables(profile, costs) -> list[Table]:
+    prompt, own = profile.grid["core"]
+    qs = sorted({s.q for s in profile.steps})
+    at_core = {(s.b, s.q): s for s in profile.steps if (s.prompt, s.own) == (prompt, own)}
+    steps = _table(f"decode step ms (median, p10-p90) at prompt {prompt}, own {own}: {profile.model.name} "
+                   f"{profile.dtype} on {profile.device['name']}, {profile.backend}",
+                   ["branches b"] + [f"q={q}" for q in qs],
+                   caption="q = 1: a decode step with sampling; q = k + 1: verifying k drafts per branch")
+    for b in sorted({b for b, _ in at_core}):
+        steps.add_row(str(b), *[f"{at_core[(b, q)].ms:.2f} ({at_core[(b, q)].p10_ms:.2f}-{at_core[(b, q)].p90_ms:.2f})"
+                                if (b, q) in at_core else "-" for q in qs])
+    sweep = _table("decode step ms over prompt and own tokens", ["b", "q", "prompt", "own", "ms", "model ms"])
+    for s in sorted(profile.steps, key=lambda s: (s.b, s.q, s.prompt, s.own)):
+        if (s.prompt, s.own) != (prompt, own):
+            sweep.add_row(str(s.b), str(s.q), str(s.prompt), str(s.own), f"{s.ms:.2f}",
+                          f"{float(costs.target.predict(s.b, s.q, s.prompt, s.own)):.2f}")
+    other = _table("prefill, graph capture and loop overhead", ["what", "at", "ms"])
+    for p in profile.prefill:
+        other.add_row("prefill", f"prompt {p.prompt}", f"{p.ms:.2f}")
+    for c in profile.capture:
+        other.add_row("graph capture", f"b={c.b}", f"{c.ms:.2f}")
+    for c in profile.loop_overhead:
+        other.add_row("loop overhead per step", f"b={c.b}", f"{c.ms:.3f}")
+    tables = [steps, sweep, other]
+    if profile.draft:
+        draft = _table(f"draft {profile.draft.model.name}: step and round costs", ["what", "at", "ms"])
+        for s in sorted(profile.draft.steps, key=lambda s: (s.b, s.prompt, s.own)):
+            draft.add_row("draft step", f"b={s.b}, prompt {s.prompt}, own {s.own}", f"{s.ms:.2f}")
+        for p in profile.draft.prefill:
+            draft.add_row("draft prefill", f"prompt {p.prompt}", f"{p.ms:.2f}")
+        for c in profile.draft.round_overhead:
+            draft.add_row("round overhead", f"b={c.b}, k={c.k}", f"{c.ms:.3f}")
+        tables.append(draft)
+    tables.append(fit_table(costs))
+    return tables
+
+
+def fit_table(costs) -> Table:
+    table = _table("step-cost model (scipy least squares, roofline shape)",
+                   ["model", "points", "in-sample error", "held-out error (5-fold)", "held-out max",
+                    "fixed ms", "bandwidth GB/s", "TFLOP/s"])
+    for name, m in (("target", costs.target), ("draft", costs.draft)):
+        if m is None:
+            continue
+        p = m.parameters
+        table.add_row(name, str(m.points), f"{m.in_sample_error:.1%}", f"{m.held_out_error:.1%}",
+                      f"{m.held_out_max:.1%}", f"{p['c0_decode']:.3f}", f"{p['bandwidth'] / 1e6:.1f}",
+                      f"{p['flops'] / 1e9:.3f}")
+    return table
+
+
+# --- task profile --------------------------------------------------------------------------------
+
+def task_tables(profile, accuracy, task) -> list[Table]:
+    cap = task.max_new_tokens
+    sizes = [n for n in (1, 2, 4, 8, 16, 32, 64) if n <= profile.n_max]
+    acc = _table(f"accuracy (95% interval) on {profile.dataset} problems {profile.offset}.."
+                 f"{profile.offset + profile.limit - 1}: {profile.model.name}, T={profile.sampling['temperature']}",
+                 ["vote rule"] + [f"N={n}" for n in sizes],
+                 caption=f"{profile.limit} problems x {profile.n_max} sampled branches; subsampled, not extrapolated")
+    for rule in VOTE_RULES:
+        cells = []
+        for n in sizes:
+            e = accuracy.estimate(rule, cap, n)
+            cells.append(f"{e.accuracy:.1%} ({e.low:.0%}-{e.high:.0%})")
+        acc.add_row(rule, *cells)
+    lengths = _table("branch lengths (tokens)", ["p50", "p75", "p90", "p99", "max", "cut off at the limit",
+                                                 "with no answer"])
+    flat = task.lengths.ravel()
+    finish = [b.finish for p in profile.problems for b in p.branches]
+    answered = [b.answer >= 0 for p in profile.problems for b in p.branches]
+    lengths.add_row(*[f"{np.percentile(flat, q):.0f}" for q in (50, 75, 90, 99)], str(int(flat.max())),
+                    f"{finish.count('length') / len(finish):.1%} (limit {cap})",
+                    f"{1 - np.mean(answered):.1%}")
+    tables = [acc, lengths]
+    if profile.acceptance:
+        k = max(len(a.per_position) for a in profile.acceptance)
+        table = _table("draft acceptance per position (given the earlier drafts were accepted)",
+                       ["draft", "temperature"] + [str(i + 1) for i in range(k)] + ["prompts"])
+        for a in profile.acceptance:
+            table.add_row(a.draft.name, f"{a.temperature:g}", *[f"{x:.2f}" for x in a.per_position], str(a.prompts))
+        tables.append(table)
+    return tables
+
+
+# --- plans ---------------------------------------------------------------------------------------
+
+def plan_row(c, result, binds: str = "") -> list[str]:
+    from ttsplan.planning.search import describe
+    low, high = result.interval(c)
+    return [describe(c), f"{c.accuracy:.1%} ({low:.0%}-{high:.0%})", f"{c.mean_s:.2f}", f"{c.p90_s:.2f}",
+            f"{c.tokens:.0f}", binds]
+
+
+PLAN_COLUMNS = ["plan", "accuracy (95% CI)", "mean s", "p90 s", "tokens", "what binds"]
+
+
+def plans_table(title: str, rows) -> Table:
+    table = _table(title, PLAN_COLUMNS)
+    for name, cells in rows:
+        table.add_row(*([f"{name}: {cells[0]}" if name else cells[0]] + cells[1:]))
+    return table
+
+
+def frontier_chart(frontier, stat: str, chosen, width: int = 64, height: int = 14) -> str:
+    """The Pareto frontier as text: latency across, accuracy up; '*' the chosen plan."""
+    points = [c for c in frontier if c != chosen] + [chosen]
+    xs = np.array([c.latency(stat) for c in points])
+    ys = np.array([c.accuracy for c in points])
+    x0, x1 = 0.0, xs.max() * 1.02
+    y0, y1 = max(0.0, ys.min() - 0.02), min(1.0, ys.max() + 0.02)
+    grid = [[" "] * width for _ in range(height)]
+    for c, x, y in zip(points, xs, ys):
+        col = int((x - x0) / (x1 - x0) * (width - 1))
+        row = height - 1 - int((y - y0) / max(y1 - y0, 1e-9) * (height - 1))
+        grid[row][col] = "*" if c == chosen else "o"
+    lines = [f"accuracy against {stat} latency: the Pareto frontier ({len(frontier)} plans; * chosen)"]
+    for r, line in enumerate(grid):
+        label = f"{y1 - r * (y1 - y0) / (height - 1):6.1%} |" if r in (0, height // 2, height - 1) else "       |"
+        lines.append(label + "".join(line))
+    lines.append("       +" + "-" * width)
+    lines.append(f"        0 s{'':{width - 16}}{x1:8.2f} s")
+    return "\n".join(lines)
+
+
+def plot_frontier(result, chosen, baselines: dict, path: Path, title: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    stat = result.stat
+    fig, ax = plt.subplots(figsize=(8, 5))
+    ax.scatter([c.latency(stat) for c in result.candidates], [c.accuracy for c in result.candidates], s=4,
+               color="0.8", label=f"all {len(result.candidates)} plans")
+    front = result.frontier()
+    ax.plot([c.latency(stat) for c in front], [c.accuracy for c in front], "-o", ms=3, color="tab:blue",
+            label="Pareto frontier")
+    for (name, c), marker in zip(baselines.items(), "sD^v"):
+        if c is not None:
+            ax.scatter([c.latency(stat)], [c.accuracy], marker=marker, s=50, label=name, zorder=3)
+    ax.scatter([chosen.latency(stat)], [chosen.accuracy], marker="*", s=200, color="tab:red", label="chosen", zorder=4)
+    ax.set_xlabel(f"{stat} latency (s)")
+    ax.set_ylabel("accuracy")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
