@@ -11,11 +11,14 @@ def write_atomic(path: Path, data: bytes) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def write_json_gz(path: Path, obj) -> None:
@@ -34,3 +37,10 @@ def sha256_file(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def remove_stale_temps(folder: Path) -> None:
+    """Temporary files a killed writer left behind (write_atomic names them .NAME.tmp)."""
+    if Path(folder).is_dir():
+        for tmp in Path(folder).rglob(".*.tmp"):
+            tmp.unlink(missing_ok=True)

@@ -16,6 +16,7 @@ import torch
 from ttsplan.assets import weights_sha256
 from ttsplan.engine.config import ModelConfig
 from ttsplan.errors import TTSPlanError
+from ttsplan.files import remove_stale_temps
 from ttsplan.hardware import copy_bandwidth, device_name, device_slug
 from ttsplan.measure.profiles import DeviceProfile, DraftCosts, ModelInfo, load_device_profile, load_task_profile, \
     save_profile, software_versions, today
@@ -69,6 +70,7 @@ def load_models(model: str | None, random_weights: str | None, draft: str | None
 def profile_device(target, draft, engine, info: ModelInfo, draft_info, device: torch.device, grid: Grid,
                    out: Path, on_task=None) -> DeviceProfile:
     """Measure (or finish measuring) the device profile at `out`."""
+    remove_stale_temps(out.parent)
     if out.exists():
         profile = load_device_profile(out)
         name = device_name(device)
@@ -112,6 +114,7 @@ def profile_task(engine, draft_engine, info: ModelInfo, draft_info, dataset: str
     params = SamplingParams(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=0)
     samples = out_dir / "samples.json.gz"
     path = out_dir / "task.yaml"
+    remove_stale_temps(out_dir)
     store = collect_samples(engine, problems, n_max, params, samples, asdict(info), dataset, on_problem)
     acceptance = load_task_profile(path).acceptance if path.exists() else []
     if draft_engine is not None:
