@@ -189,7 +189,9 @@ _Dumper.add_representer(list, _represent_list)
 
 
 def save_profile(profile, path: Path) -> None:
-    text = yaml.dump(_to_plain(profile), Dumper=_Dumper, sort_keys=False, width=120)
+    data = _to_plain(profile)
+    data = {"schema": data.pop("schema"), **data}  # first, so that a truncated file still names its kind
+    text = yaml.dump(data, Dumper=_Dumper, sort_keys=False, width=120)
     write_atomic(Path(path), text.encode())
 
 
