@@ -56,15 +56,15 @@ def device_tables(profile, costs) -> list[Table]:
 
 def fit_table(costs) -> Table:
     table = _table("step-cost model (scipy least squares, roofline shape)",
-                   ["model", "points", "in-sample error", "held-out error (5-fold)", "held-out max",
-                    "fixed ms", "bandwidth GB/s", "TFLOP/s"])
+                   ["model", "points", "in-sample error", "held-out error (5-fold)", "held-out q=1", "held-out q>1",
+                    "held-out max", "fixed ms", "bandwidth GB/s", "TFLOP/s"])
     for name, m in (("target", costs.target), ("draft", costs.draft)):
         if m is None:
             continue
         p = m.parameters
         table.add_row(name, str(m.points), f"{m.in_sample_error:.1%}", f"{m.held_out_error:.1%}",
-                      f"{m.held_out_max:.1%}", f"{p['c0_decode']:.3f}", f"{p['bandwidth'] / 1e6:.1f}",
-                      f"{p['flops'] / 1e9:.3f}")
+                      f"{m.held_out_decode:.1%}", f"{m.held_out_verify:.1%}", f"{m.held_out_max:.1%}", f"{p['fixed_decode']:.3f}", f"{p['bandwidth_decode'] / 1e6:.1f}",
+                      f"{p['flops_decode'] / 1e9:.3f}")
     return table
 
 

@@ -39,22 +39,30 @@ def load_engine(name_or_path: str, device: str = "cpu") -> Engine:
     return Engine(name_or_path, path, model, tokenizer, {e for e in eos_ids if e is not None})
 
 
-def time_random_weights(plan: Plan, shape: str, device: str, prompt_len: int, draft_shape: str | None = None,
-                        limits: list[int] | None = None):
-    """The plan's branches from a random-weight model of a shipped shape on a random prompt: timings
-    only (EOS ignored).  limits: each branch's own length (e.g. drawn from a task profile)."""
+def random_models(shape: str, draft_shape: str | None, device: str, seed: int = 0):
+    """Random-weight models of shipped shapes: for timing only (timings do not depend on weight values)."""
     from ttsplan.engine.config import ModelConfig
     dtype = default_dtype(device)
-    model = Transformer.random(ModelConfig.shipped(shape), device, dtype, seed=plan.seed)
-    draft = Transformer.random(ModelConfig.shipped(draft_shape), device, dtype, seed=plan.seed + 1) if draft_shape else None
+    model = Transformer.random(ModelConfig.shipped(shape), device, dtype, seed=seed)
+    draft = Transformer.random(ModelConfig.shipped(draft_shape), device, dtype, seed=seed + 1) if draft_shape else None
+    return model, draft
+
+
+def time_request(model: Transformer, draft: Transformer | None, plan: Plan, prompt_len: int,
+                 limits: list[int] | None = None, warm_up: bool = True):
+    """The plan's branches on a random prompt with EOS ignored: (branches, stats, spec stats, seconds).
+    limits: each branch's own length (e.g. drawn from a task profile).  warm_up first runs a short
+    request on the same prompt whose branches end one after another, so that the kernels of this
+    prompt length and every batch bucket are compiled before the timed request."""
     prompt = torch.randint(0, model.cfg.vocab_size, (prompt_len,),
                            generator=torch.Generator().manual_seed(plan.seed)).tolist()
-    params = sampling_params(plan, ignore_eos=True)
-    warm = SamplingParams(max_new_tokens=min(4, plan.max_new_tokens), ignore_eos=True)
-    generate_branches(model, prompt, plan.branches, warm, set(), draft, plan.draft_len)  # compile the kernels
+    if warm_up:
+        n = plan.branches
+        warm = SamplingParams(max_new_tokens=max(plan.max_new_tokens, n + 2), ignore_eos=True)  # same capacity
+        generate_branches(model, prompt, n, warm, set(), draft, plan.draft_len, limits=[2 + i for i in range(n)])
     t0 = time.perf_counter()
-    branches, stats, spec = generate_branches(model, prompt, plan.branches, params, set(), draft, plan.draft_len,
-                                              limits=limits)
+    branches, stats, spec = generate_branches(model, prompt, plan.branches, sampling_params(plan, ignore_eos=True),
+                                              set(), draft, plan.draft_len, limits=limits)
     return branches, stats, spec, time.perf_counter() - t0
 
 
@@ -180,7 +188,8 @@ def append_result(path: Path, row: dict) -> None:
 def result_row(problem_id: str, gold: str, solved: Solved, task: str) -> dict:
     return {"id": problem_id, "gold": gold, "answer": solved.answer, "correct": is_correct(solved.answer, gold, task),
             "latency_s": solved.latency_s, "new_tokens": solved.stats.new_tokens, "cut_off": solved.cut_off,
-            "stopped": solved.stopped,
+            "stopped": solved.stopped, "prompt_tokens": solved.stats.prompt_tokens,
+            "lengths": [len(b.tokens) for b in solved.branches],
             "votes": [asdict(t) for t in solved.tallies]}
 
 

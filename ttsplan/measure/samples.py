@@ -43,11 +43,18 @@ def new_store(model: dict, dataset: str, params, n_max: int) -> dict:
             "n_max": n_max, "problems": []}
 
 
+IDENTITY = ("name", "shape", "weights_sha256")
+
+
 def check_compatible(store: dict, fresh: dict, path: Path) -> None:
-    """A resumed store must have been taken with the same model, dataset, sampling and N_max."""
+    """A resumed store must have been taken with the same model (name, shape, weights), dataset,
+    sampling and N_max."""
     for key in ("model", "dataset", "sampling", "n_max"):
-        if store[key] != fresh[key]:
-            raise TTSPlanError(f"{path}: field '{key}' is {store[key]!r} but this run asks for {fresh[key]!r}; "
+        have, want = store[key], fresh[key]
+        if key == "model":
+            have, want = ({k: m.get(k) for k in IDENTITY} for m in (have, want))
+        if have != want:
+            raise TTSPlanError(f"{path}: field '{key}' is {have!r} but this run asks for {want!r}; "
                                "give another output folder or the same settings")
 
 

@@ -74,8 +74,10 @@ def default_grid(device: torch.device, quick: bool) -> Grid:
     return GRIDS[(device.type, quick)]
 
 
-def timed(fn, device: torch.device, warmup: int, repeats: int, budget_s: float) -> tuple[float, float, float, int]:
-    """(median, p10, p90 in ms, repeats) of fn() with the device synchronized around each call;
+def timed(fn, device: torch.device, warmup: int, repeats: int, budget_s: float,
+          back_to_back: int = 1) -> tuple[float, float, float, int]:
+    """(median, p10, p90 in ms per call, repeats) of fn() with the device synchronized around each
+    repeat of `back_to_back` calls (a round's draft steps run back to back, with no sync between);
     stops early once budget_s is spent (at least 3 repeats)."""
     for _ in range(warmup):
         fn()
@@ -83,9 +85,10 @@ def timed(fn, device: torch.device, warmup: int, repeats: int, budget_s: float) 
     for i in range(repeats):
         synchronize(device)
         t0 = time.perf_counter()
-        fn()
+        for _ in range(back_to_back):
+            fn()
         synchronize(device)
-        times.append((time.perf_counter() - t0) * 1e3)
+        times.append((time.perf_counter() - t0) * 1e3 / back_to_back)
         if i >= 2 and time.perf_counter() - t_start > budget_s:
             break
     times.sort()
@@ -93,11 +96,18 @@ def timed(fn, device: torch.device, warmup: int, repeats: int, budget_s: float) 
     return statistics.median(times), pick(0.1), pick(0.9), len(times)
 
 
-def check_grid_fits(models: list[Transformer], points, capacity: int) -> None:
+def capacity_for(own: int, q: int) -> int:
+    """The own-token capacity a point's cache gets: a request's max_new_tokens, which the engine's graphs
+    span (relay attention launches splits over the whole capacity), is typically a few hundred tokens
+    beyond what a branch holds; round up to a multiple of 512."""
+    return 512 * -(-(own + q + 1) // 512)
+
+
+def check_grid_fits(models: list[Transformer], points) -> None:
     """Refuse, before any allocation, a grid whose largest KV cache cannot fit in free memory."""
     def need(pt):
-        b, _, p, _ = pt
-        return sum(kv_cache_bytes(m.cfg, p, b, capacity, m.dtype) for m in models)
+        b, q, p, s = pt
+        return sum(kv_cache_bytes(m.cfg, p, b, capacity_for(s, q), m.dtype) for m in models)
     worst = max(points, key=need)
     free = free_memory_bytes(models[0].device)
     if need(worst) > 0.9 * free:
@@ -111,22 +121,23 @@ class PromptCaches:
     """One real prefill per prompt length, shared by every point of that length; each point gets its
     own suffix rows, filled from the prompt's KV so attention and sampling see realistic values."""
 
-    def __init__(self, model: Transformer, prompt_ids: list[int], capacity: int):
-        self.model, self.prompt_ids, self.capacity, self.prefixes = model, prompt_ids, capacity, {}
+    def __init__(self, model: Transformer, prompt_ids: list[int]):
+        self.model, self.prompt_ids, self.prefixes = model, prompt_ids, {}
 
-    def cache(self, prompt: int, b: int, own: int) -> KVCache:
+    def cache(self, prompt: int, b: int, own: int, q: int = 1) -> KVCache:
         m = self.model
         if prompt not in self.prefixes:
             base = KVCache.allocate(m.cfg, prompt, 1, 1, m.dtype, m.device)
             m.prefill(torch.tensor(self.prompt_ids[:prompt]), base)
             self.prefixes = {prompt: (base.prefix_k, base.prefix_v)}  # one prompt length held at a time
         pk, pv = self.prefixes[prompt]
-        cache = KVCache.allocate(m.cfg, 0, b, self.capacity, m.dtype, m.device)
+        capacity = capacity_for(own, q)
+        cache = KVCache.allocate(m.cfg, 0, b, capacity, m.dtype, m.device)
         cache.prefix_k, cache.prefix_v = pk, pv
         for buf, src in ((cache.suffix_k, pk), (cache.suffix_v, pv)):
             for layer, s in zip(buf, src):
-                reps = -(-self.capacity // max(prompt, 1))
-                layer.copy_(s.repeat(1, reps, 1)[:, :self.capacity].unsqueeze(0).expand(b, -1, -1, -1))
+                reps = -(-capacity // max(prompt, 1))
+                layer.copy_(s.repeat(1, reps, 1)[:, :capacity].unsqueeze(0).expand(b, -1, -1, -1))
         cache.lens.fill_(own)
         return cache
 
@@ -135,7 +146,7 @@ def step_point(model: Transformer, caches: PromptCaches, b: int, q: int, prompt:
                repeats: int, budget_s: float) -> StepCost:
     """One decode step (q = 1) or one verification of q - 1 drafts, as the engine runs it."""
     dev = model.device
-    cache = caches.cache(prompt, b, own)
+    cache = caches.cache(prompt, b, own, q)
     gen = torch.Generator(device=dev).manual_seed(0)
     tokens = torch.tensor(caches.prompt_ids[:b * q], device=dev).view(b, q) if len(caches.prompt_ids) >= b * q \
         else torch.randint(0, model.cfg.vocab_size, (b, q), device=dev, generator=gen)
@@ -147,7 +158,7 @@ def step_point(model: Transformer, caches: PromptCaches, b: int, q: int, prompt:
         drafts = tokens[:, 1:]
         dist = token_probs(torch.randn(b, q - 1, model.cfg.vocab_size, device=dev, generator=gen) * 4, TIMING_PARAMS)
         fn = lambda: verify(model, cache, tokens[:, :1], drafts, dist, TIMING_PARAMS, gen)
-    ms, p10, p90, n = timed(fn, dev, warmup=2 if dev.type == "cuda" else 1, repeats=repeats, budget_s=budget_s)
+    ms, p10, p90, n = timed(fn, dev, warmup=3 if dev.type == "cuda" else 1, repeats=repeats, budget_s=budget_s)
     return StepCost(b, q, prompt, own, round(ms, 4), round(p10, 4), round(p90, 4), n)
 
 
@@ -161,7 +172,8 @@ def draft_point(draft: Transformer, caches: PromptCaches, b: int, prompt: int, o
     def fn():
         draft_step(draft, cache, feed, TIMING_PARAMS, gen)
         cache.lens[:b] -= 1  # uncommit: every repeat runs at the same length
-    ms, p10, p90, n = timed(fn, dev, warmup=1, repeats=repeats, budget_s=budget_s)
+    ms, p10, p90, n = timed(fn, dev, warmup=3 if dev.type == "cuda" else 1, repeats=repeats, budget_s=budget_s,
+                            back_to_back=4 if dev.type == "cuda" else 1)
     return StepCost(b, 1, prompt, own, round(ms, 4), round(p10, 4), round(p90, 4), n)
 
 
@@ -212,7 +224,7 @@ def round_overhead_point(target: Transformer, draft: Transformer, t_caches: Prom
     return BatchCost(b, k, round(statistics.median(per_round) - k * draft_ms - verify_ms, 4))
 
 
-REPEATS = {"cpu": (7, 3.0), "cuda": (25, 1.0)}  # (most repeats, seconds per point)
+REPEATS = {"cpu": (7, 3.0), "cuda": (15, 0.6)}  # (most repeats, seconds per point)
 DRAFT_LENGTHS = (1, 2, 4, 8)
 
 
@@ -254,14 +266,13 @@ def measure_device(profile, out, model: Transformer, prompt_ids: list[int], grid
     from ttsplan.measure.profiles import save_profile
     dev = model.device
     repeats, budget = REPEATS[dev.type]
-    capacity = max(grid.own) + max(grid.query) + 1
     window = model.cfg.max_position_embeddings
     tasks = [t for t in plan_tasks(grid, window, draft.cfg.max_position_embeddings if draft else None,
                                    dev.type == "cuda") if t not in measured_keys(profile)]
     step_points = [t[1:] for t in tasks if t[0] == "step"] or [(1, 1, grid.core[0], grid.core[1])]
-    check_grid_fits([model] + ([draft] if draft else []), step_points, capacity)
-    t_caches = PromptCaches(model, prompt_ids, capacity)
-    d_caches = PromptCaches(draft, prompt_ids, capacity) if draft else None
+    check_grid_fits([model] + ([draft] if draft else []), step_points)
+    t_caches = PromptCaches(model, prompt_ids)
+    d_caches = PromptCaches(draft, prompt_ids) if draft else None
     for task in tasks:
         if on_task:
             on_task(task, False, len(tasks))

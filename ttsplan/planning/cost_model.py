@@ -3,16 +3,17 @@
 A decode step over b live branches, q query tokens each, a shared prompt of P tokens and S own
 tokens per branch costs
 
-    t = c0[kind] + c_row[kind] * b q + smoothmax(bytes / BW, flops / F)
+    t = c0 + c_batched [b > 1] + c_row b q + smoothmax(bytes / BW, flops / F)     (per kind)
 
     bytes = weights + kv_token * (P + b (S + q))            (the prompt's KV is read once: relay)
     flops = 2 params b q + 4 layers heads head_dim b q (P + S + q)
 
-where kind is 'decode' (q = 1: the engine's decode step and sampling, a CUDA-graph replay on a GPU)
-or 'verify' (q > 1: the speculative verification, run eagerly), c0 is the fixed cost of a step
-(launches, host sync), c_row the per-row cost of sampling over the vocabulary, and smoothmax(x, y) =
-(x^4 + y^4)^(1/4) the roofline's knee.  BW and F are fitted: the bandwidth and throughput the step
-actually reaches.  Fitted in log space (relative error) by scipy.optimize.least_squares; the held-out
+with one parameter set per kind: 'decode' (q = 1: the engine's decode step and sampling, a
+CUDA-graph replay on a GPU) and 'verify' (q > 1: the speculative verification, run eagerly).  c0 is
+the fixed cost of a step (launches, host sync), c_batched what a batch of more than one branch adds
+(batched GEMMs and relay attention where one branch takes GEMV and plain attention), c_row the
+per-row cost of sampling over the vocabulary, and smoothmax(x, y) = (x^4 + y^4)^(1/4) the roofline's
+knee.  BW and F are fitted: the bandwidth and throughput the step actually reaches.  Fitted in log space (relative error) by scipy.optimize.least_squares; the held-out
 error comes from 5-fold cross-validation over the measured points.
 """
 from dataclasses import dataclass
@@ -23,7 +24,8 @@ from scipy.optimize import least_squares
 from ttsplan.measure.profiles import BatchCost, PrefillCost, StepCost
 
 KNEE = 4.0
-NAMES = ("c0_decode", "c0_verify", "row_decode", "row_verify", "bandwidth", "flops")
+NAMES = tuple(f"{name}_{kind}" for kind in ("decode", "verify")
+              for name in ("fixed", "batched", "row", "bandwidth", "flops"))
 
 
 @dataclass(frozen=True)
@@ -51,30 +53,51 @@ def features(shape: ModelShape, b, q, prompt, own):
     return b * q, nbytes, flops, (q > 1).astype(np.float64)
 
 
-def _predict(theta, rows, nbytes, flops, verify):
-    c0d, c0v, rd, rv, bw, fl = np.exp(theta)
+def _predict_kind(theta, b, rows, nbytes, flops):
+    c0, multi, row, bw, fl = np.exp(theta)
     roof = ((nbytes / bw) ** KNEE + (flops / fl) ** KNEE) ** (1 / KNEE)
-    return np.where(verify > 0, c0v + rv * rows, c0d + rd * rows) + roof
+    return c0 + multi * (b > 1) + row * rows + roof
 
 
-def _fit(shape: ModelShape, points: list[StepCost]) -> np.ndarray:
-    rows, nbytes, flops, verify = features(shape, *zip(*[(p.b, p.q, p.prompt, p.own) for p in points]))
-    y = np.log([p.ms for p in points])
-    has_verify = bool(verify.any())
+def _predict(theta, b, rows, nbytes, flops, verify):
+    """theta: the decode kind's five parameters, then the verify kind's five."""
+    return np.where(verify > 0, _predict_kind(theta[5:], b, rows, nbytes, flops),
+                    _predict_kind(theta[:5], b, rows, nbytes, flops))
+
+
+def _fit_kind(shape: ModelShape, b, rows, nbytes, flops, ms) -> np.ndarray:
     # Start from a plausible roofline: the smallest step is mostly fixed cost plus the weight read.
-    t_min = min(p.ms for p in points)
-    theta0 = np.log([t_min / 4, t_min / 4, 1e-3, 1e-3, shape.weight_bytes / (t_min * 0.75), 1e9])
-    free = np.array([True, has_verify, True, has_verify, True, True])
+    t_min = float(ms.min())
+    theta0 = np.log([t_min / 4, t_min / 20, 1e-3, shape.weight_bytes / (t_min * 0.75), 1e9])
+    free = np.array([True, bool((b > 1).any() and (b == 1).any()), True, True, True])
 
     def residual(x):
         theta = theta0.copy()
         theta[free] = x
-        return np.log(_predict(theta, rows, nbytes, flops, verify)) - y
+        return np.log(_predict_kind(theta, b, rows, nbytes, flops)) - np.log(ms)
 
     sol = least_squares(residual, theta0[free], method="trf", loss="soft_l1", f_scale=0.05, max_nfev=4000)
     theta = theta0.copy()
     theta[free] = sol.x
+    if not free[1]:
+        theta[1] = -np.inf  # no batch above (or at) one measured: no step between them
     return theta
+
+
+def _fit(shape: ModelShape, points: list[StepCost]) -> np.ndarray:
+    """Decode (q = 1) and verify (q > 1) steps run different code (a CUDA graph or not, sampling b
+    or b (k + 1) rows): each kind gets its own five parameters; without verify points, verification
+    is read off the decode fit."""
+    b = np.array([p.b for p in points], dtype=np.float64)
+    rows, nbytes, flops, verify = features(shape, *zip(*[(p.b, p.q, p.prompt, p.own) for p in points]))
+    ms = np.array([p.ms for p in points])
+    kinds = []
+    for mask in (verify == 0, verify > 0):
+        kinds.append(_fit_kind(shape, b[mask], rows[mask], nbytes[mask], flops[mask], ms[mask])
+                     if mask.any() else None)
+    decode, verify_theta = kinds
+    decode = decode if decode is not None else verify_theta
+    return np.concatenate([decode, verify_theta if verify_theta is not None else decode])
 
 
 @dataclass
@@ -86,6 +109,8 @@ class StepModel:
     held_out_error: float       # mean |relative error| on held-out points (5-fold cross-validation)
     held_out_max: float
     points: int
+    held_out_decode: float = float("nan")   # the held-out error of the q = 1 points alone
+    held_out_verify: float = float("nan")   # ... and of the q > 1 points
 
     @classmethod
     def fit(cls, shape: ModelShape, points: list[StepCost], folds: int = 5, seed: int = 0) -> "StepModel":
@@ -104,10 +129,13 @@ class StepModel:
                 errors[test] = np.abs(sub.predict(*zip(*[(points[i].b, points[i].q, points[i].prompt, points[i].own)
                                                           for i in test])) / measured[test] - 1)
             model.held_out_error, model.held_out_max = float(errors.mean()), float(errors.max())
+            q = np.array([p.q for p in points])
+            model.held_out_decode = float(errors[q == 1].mean()) if (q == 1).any() else float("nan")
+            model.held_out_verify = float(errors[q > 1].mean()) if (q > 1).any() else float("nan")
         return model
 
     def predict(self, b, q, prompt, own) -> np.ndarray:
-        return _predict(self.theta, *features(self.shape, b, q, prompt, own))
+        return _predict(self.theta, np.asarray(b, dtype=np.float64), *features(self.shape, b, q, prompt, own))
 
     @property
     def parameters(self) -> dict[str, float]:

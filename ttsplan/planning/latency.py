@@ -154,3 +154,21 @@ class Replay:
             buckets = np.unique(bucket(np.arange(low, N + 1), N))
             sums[low] = self.costs.capture.at(buckets).sum() / 1e3
         return sums
+
+
+def drawn_request(task, branches: int, cap: int, seed: int) -> tuple[list[int], int]:
+    """Branch lengths of one calibration problem of a task profile, drawn at the seed and capped, and
+    that problem's prompt length: what a random-weight timing run replays (`run --lengths-from`)."""
+    rng = np.random.default_rng(seed)
+    problem = task.problems[rng.integers(len(task.problems))]
+    picks = rng.choice(len(problem.branches), branches, replace=branches > len(problem.branches))
+    return [min(problem.branches[i].length, cap) for i in picks], problem.prompt_tokens
+
+
+def predict_request(costs: DeviceCosts, lengths: list[int], prompt_tokens: int, dec: Decoding,
+                    on_gpu: bool) -> float:
+    """Seconds for one request whose branches have exactly these lengths (no early stop)."""
+    n = len(lengths)
+    one = TaskArrays(np.array([lengths]), np.zeros((1, n), int), [[[] for _ in range(n)]], np.ones((1, 1), bool),
+                     np.array([prompt_tokens]), {}, int(max(lengths)))
+    return Replay(costs, one, on_gpu, draws=1).simulate(n, int(max(lengths)), dec)[None].mean_s

@@ -1,0 +1,244 @@
+"""Validate the planner by running plans: predicted against measured latency, and accuracy.
+
+    python benchmarks/validate_plans.py gpu-measure --out FILE.json      (the GPU machine)
+    python benchmarks/validate_plans.py gpu-report FILE.json              (here: predictions, table)
+    python benchmarks/validate_plans.py cpu-latency                       (this CPU, real models)
+    python benchmarks/validate_plans.py cpu-accuracy                      (this CPU, real models)
+    python benchmarks/validate_plans.py headline                          (budgets: latency-optimal vs baselines)
+
+GPU: random weights of each shipped shape, each branch run to a length drawn from the task profile
+(`run --lengths-from`); every request is predicted from its own drawn lengths, so the error is the cost
+model's and the replay's, not the luck of the draw.  CPU: real models on GSM8K problems the task
+profile never saw (from problem 1000 on): predicted mean latency (over the profile's draws) against
+the measured mean, and the same prediction from each request's actual branch lengths; and measured
+accuracy against the predicted 95% interval.
+"""
+import argparse
+import json
+import statistics
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+from rich.table import Table
+
+from common import RESULTS, emit, today
+from ttsplan.planning.plan import Plan
+
+SHAPES = ("qwen2.5-0.5b", "qwen2.5-1.5b", "qwen2.5-3b", "qwen2.5-7b")
+GPU_PLANS = [(n, cap) for n in (1, 4, 8, 16) for cap in (256, 512)]
+LENGTHS = Path("profiles/tasks/qwen2.5-coder-0.5b-gsm8k/task.yaml")
+HELD_OUT = 1000
+
+
+def gpu_measure(args):
+    import torch
+    from ttsplan.measure.profiles import load_task_profile
+    from ttsplan.planning.latency import drawn_request
+    from ttsplan.runner import random_models, time_request
+    task = load_task_profile(args.lengths)
+    rows = []
+    for shape in args.shapes:
+        model, _ = random_models(shape, None, "cuda")
+        for n, cap in GPU_PLANS:
+            plan = Plan(model=shape, branches=n, max_new_tokens=cap)
+            for draw in range(args.draws):
+                limits, prompt = drawn_request(task, n, cap, seed=1000 * n + draw)
+                _, stats, _, seconds = time_request(model, None, replace(plan, seed=draw), prompt, limits)
+                rows.append({"shape": shape, "branches": n, "cap": cap, "draw": draw, "lengths": limits,
+                             "prompt": prompt, "seconds": seconds, "prefill_s": stats.prefill_s,
+                             "capture_s": stats.capture_s, "decode_s": stats.decode_s})
+                print(shape, n, cap, draw, f"{seconds:.3f}", flush=True)
+        del model
+        torch.cuda.empty_cache()
+        Path(args.out).write_text(json.dumps({"device": torch.cuda.get_device_name(), "date": today(), "rows": rows}))
+
+
+def gpu_report(args):
+    from ttsplan.measure.profiles import load_device_profile
+    from ttsplan.planning.latency import Decoding, DeviceCosts, predict_request
+    data = json.loads(Path(args.measurements).read_text())
+    table = Table(title=f"predicted against measured request latency, {data['device']}, {data['date']}")
+    for col in ("shape", "N", "cap", "requests", "measured mean s", "predicted mean s", "error", "|error| per request"):
+        table.add_column(col, justify="right")
+    by_shape = {}
+    for shape in dict.fromkeys(r["shape"] for r in data["rows"]):
+        costs = DeviceCosts.fit(load_device_profile(Path(f"profiles/device/h100-relay-{shape}.yaml")))
+        for n, cap in GPU_PLANS:
+            rows = [r for r in data["rows"] if (r["shape"], r["branches"], r["cap"]) == (shape, n, cap)]
+            if not rows:
+                continue
+            pred = [predict_request(costs, r["lengths"], r["prompt"], Decoding(), on_gpu=True) for r in rows]
+            meas = [r["seconds"] for r in rows]
+            err = statistics.mean(pred) / statistics.mean(meas) - 1
+            per = statistics.mean(abs(p / m - 1) for p, m in zip(pred, meas))
+            by_shape.setdefault(shape, []).append(abs(err))
+            table.add_row(shape, str(n), str(cap), str(len(rows)), f"{statistics.mean(meas):.3f}",
+                          f"{statistics.mean(pred):.3f}", f"{err:+.1%}", f"{per:.1%}")
+    table.add_section()
+    for shape, errs in by_shape.items():
+        table.add_row(shape, "MAPE", "", "", "", "", f"{statistics.mean(errs):.1%}", "")
+    emit(table, "gpu_validation", f"GPU plan validation ({data['device']}, {data['date']}): random weights, bf16, "
+                                  f"branch lengths drawn from {LENGTHS}")
+
+
+def cpu_plans():
+    """At least 8 plans spanning N = 1..16, with and without the draft, a cap and early stop."""
+    small, large = "qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b"
+    return [
+        Plan(model=small, branches=1), Plan(model=small, branches=4), Plan(model=small, branches=8),
+        Plan(model=small, branches=16), Plan(model=small, branches=8, max_new_tokens=320),
+        Plan(model=small, branches=16, vote="min-window", max_new_tokens=384, early_stop=True),
+        Plan(model=small, branches=8, early_stop=True),
+        Plan(model=large, branches=4), Plan(model=large, branches=1, draft=small, draft_len=4),
+        Plan(model=large, branches=4, draft=small, draft_len=2),
+    ]
+
+
+def profiles_for(plan: Plan) -> tuple[Path, Path]:
+    name = plan.model
+    return (Path(f"profiles/device/cpu-2t-relay-{name}.yaml"), Path(f"profiles/tasks/{name}-gsm8k/task.yaml"))
+
+
+def predicted(plan: Plan, replay_cache: dict):
+    """(mean, p90) the planner predicts for the plan, over the task profile's draws."""
+    from ttsplan.planning.latency import Decoding
+    from ttsplan.planning.optimize import load_profiles, matching_acceptance
+    from ttsplan.planning.latency import DeviceCosts, Replay
+    from ttsplan.planning.task_arrays import load_task_arrays
+    dev_path, task_path = profiles_for(plan)
+    if task_path not in replay_cache:
+        device, task = load_profiles(dev_path, task_path)
+        replay = Replay(DeviceCosts.fit(device), load_task_arrays(task, task_path), on_gpu=False)
+        replay_cache[task_path] = (replay, matching_acceptance(device, task))
+    replay, acc = replay_cache[task_path]
+    dec = Decoding(plan.draft_len, tuple(acc.per_position)) if plan.draft else Decoding()
+    out = replay.simulate(plan.branches, plan.max_new_tokens, dec, [plan.vote] if plan.early_stop else ())
+    return out[plan.vote if plan.early_stop else None], replay, dec
+
+
+def cpu_latency(args):
+    import torch
+    from ttsplan.datasets import load_problems
+    from ttsplan.hardware import device_name
+    from ttsplan.planning.latency import predict_request
+    from ttsplan.runner import load_draft, load_engine, run_dataset, run_key
+    problems = load_problems("gsm8k", args.problems, HELD_OUT)
+    engines, cache = {}, {}
+    table = Table(title=f"predicted against measured mean latency, {device_name(torch.device('cpu'))}, {today()}, "
+                        f"GSM8K problems {HELD_OUT}..{HELD_OUT + args.problems - 1} (not in the task profile)")
+    for col in ("plan", "model", "measured mean s", "predicted mean s", "error", "from actual lengths s",
+                "error (lengths)"):
+        table.add_column(col, justify="right")
+    errors, length_errors = [], []
+    for plan in cpu_plans():
+        if plan.model not in engines:
+            engines[plan.model] = load_engine(plan.model)
+        engine = engines[plan.model]
+        draft = engines.setdefault(plan.draft, load_draft(engine, plan.draft)) if plan.draft else None
+        out = RESULTS / "cpu_validation" / f"{plan.model}-{run_key(plan)}.jsonl"
+        rows = run_dataset(engine, plan, problems, out, draft,
+                           on_problem=lambda p: print(plan.describe(), p.id, flush=True))
+        lat, replay, dec = predicted(plan, cache)
+        measured = statistics.mean(r["latency_s"] for r in rows)
+        from_lengths = statistics.mean(predict_request(replay.costs, r["lengths"], r["prompt_tokens"], dec, False)
+                                       for r in rows) if not plan.early_stop else float("nan")
+        errors.append(abs(lat.mean_s / measured - 1))
+        if not plan.early_stop:
+            length_errors.append(abs(from_lengths / measured - 1))
+        table.add_row(plan.describe(), plan.model, f"{measured:.1f}", f"{lat.mean_s:.1f}",
+                      f"{lat.mean_s / measured - 1:+.1%}", f"{from_lengths:.1f}",
+                      f"{from_lengths / measured - 1:+.1%}")
+    table.add_section()
+    table.add_row("MAPE", "", "", "", f"{np.mean(errors):.1%}", "", f"{np.mean(length_errors):.1%}")
+    emit(table, "cpu_validation_latency", f"CPU plan validation (latency), {today()}")
+
+
+def cpu_accuracy(args):
+    import torch
+    from ttsplan.datasets import load_problems
+    from ttsplan.hardware import device_name
+    from ttsplan.planning.accuracy import AccuracyTable
+    from ttsplan.planning.optimize import load_profiles
+    from ttsplan.planning.task_arrays import load_task_arrays
+    from ttsplan.runner import load_engine, run_dataset, run_key
+    problems = load_problems("gsm8k", args.problems, HELD_OUT)
+    plans = [Plan(model="qwen2.5-coder-0.5b", branches=1), Plan(model="qwen2.5-coder-0.5b", branches=8),
+             Plan(model="qwen2.5-coder-0.5b", branches=8, vote="min-window", max_new_tokens=384, early_stop=True)]
+    engine = load_engine(plans[0].model)
+    table = Table(title=f"measured accuracy on GSM8K {HELD_OUT}..{HELD_OUT + args.problems - 1} against the "
+                        f"predicted 95% interval, {device_name(torch.device('cpu'))}, {today()}")
+    for col in ("plan", "problems", "measured", "predicted (95% interval)", "inside"):
+        table.add_column(col, justify="right")
+    dev_path, task_path = profiles_for(plans[0])
+    _, task = load_profiles(dev_path, task_path)
+    arrays = load_task_arrays(task, task_path)
+    for plan in plans:
+        out = RESULTS / "cpu_validation" / f"{plan.model}-{run_key(plan)}.jsonl"
+        rows = run_dataset(engine, plan, problems, out, on_problem=lambda p: print(plan.describe(), p.id, flush=True))
+        est = AccuracyTable(arrays, [plan.vote], [plan.max_new_tokens]).estimate(plan.vote, plan.max_new_tokens,
+                                                                                 plan.branches)
+        acc = statistics.mean(r["correct"] for r in rows)
+        # The measured accuracy is itself a sample of len(rows) problems: its own 95% binomial half-width.
+        table.add_row(plan.describe(), str(len(rows)), f"{acc:.1%}", f"{est.accuracy:.1%} ({est.low:.1%}-{est.high:.1%})",
+                      "yes" if est.low <= acc <= est.high else "no")
+    emit(table, "cpu_validation_accuracy", f"CPU plan validation (accuracy), {today()}")
+
+
+def headline(args):
+    from ttsplan.planning.optimize import optimize
+    from ttsplan.planning.search import describe
+    cases = [("cpu", Path(f"profiles/device/cpu-2t-relay-{m}.yaml"), Path(f"profiles/tasks/{m}-gsm8k/task.yaml"),
+              (10, 30, 60, 120)) for m in ("qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b")]
+    cases += [("h100", Path(f"profiles/device/h100-relay-{s}.yaml"), Path(f"profiles/tasks/{m}-gsm8k/task.yaml"),
+               (0.5, 1, 2, 5, 10)) for s, m in (("qwen2.5-0.5b", "qwen2.5-coder-0.5b"),
+                                                ("qwen2.5-1.5b", "qwen2.5-coder-1.5b"))]
+    table = Table(title=f"accuracy within a p90 latency budget: the latency-optimal plan and the plans the seed "
+                        f"paper argues against ({today()})")
+    for col in ("device", "model", "budget s", "latency-optimal", "compute-optimal", "branches only",
+                "speculation only", "greedy allocation"):
+        table.add_column(col, justify="right")
+    for device, dev_path, task_path, budgets in cases:
+        if not (dev_path.exists() and task_path.exists()):
+            print(f"skipping {dev_path} + {task_path}: missing", file=sys.stderr)
+            continue
+        for budget in budgets:
+            try:
+                opt = optimize(dev_path, task_path, budget_s=budget)
+            except Exception as e:  # an impossible budget: say so in the table
+                table.add_row(device, task_path.parent.name, f"{budget:g}", str(e).split(": the fastest")[0][:40],
+                              "", "", "", "")
+                continue
+            cell = lambda c: f"{c.accuracy:.1%} ({describe(c)}, {c.p90_s:.2f} s)" if c else "-"
+            b = opt.baselines
+            table.add_row(device, task_path.parent.name, f"{budget:g}", cell(opt.chosen),
+                          cell(b["compute-optimal"]), cell(b["branches only"]), cell(b["speculation only"]),
+                          cell(b["greedy allocation"]))
+    emit(table, "headline", f"Latency-optimal plans against the seed paper's baselines, {today()}")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    sub = ap.add_subparsers(dest="mode", required=True)
+    m = sub.add_parser("gpu-measure")
+    m.add_argument("--shapes", nargs="+", default=list(SHAPES))
+    m.add_argument("--lengths", type=Path, default=LENGTHS)
+    m.add_argument("--draws", type=int, default=3)
+    m.add_argument("--out", required=True)
+    r = sub.add_parser("gpu-report")
+    r.add_argument("measurements")
+    for name in ("cpu-latency", "cpu-accuracy"):
+        c = sub.add_parser(name)
+        c.add_argument("--problems", type=int, default=8 if name == "cpu-latency" else 32)
+    sub.add_parser("headline")
+    args = ap.parse_args()
+    t0 = time.time()
+    {"gpu-measure": gpu_measure, "gpu-report": gpu_report, "cpu-latency": cpu_latency, "cpu-accuracy": cpu_accuracy,
+     "headline": headline}[args.mode](args)
+    print(f"{args.mode}: {time.time() - t0:.0f} s", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
