@@ -322,7 +322,7 @@ def run(
     import torch
     from ttsplan.hardware import copy_bandwidth
     from ttsplan.planning.plan import Plan
-    from ttsplan.runner import load_draft, load_engine, run_dataset, run_key, solve, time_random_weights
+    from ttsplan.runner import load_draft, load_engine, random_models, run_dataset, run_key, solve, time_request
     if plan_file is not None:
         plan = Plan.load(plan_file)
     else:
@@ -334,11 +334,14 @@ def run(
         check_plan_device(plan, device, ModelConfig.shipped(random_weights).shape_hash(), force)
         limits, prompt = None, prompt_len
         if lengths_from:
-            limits, prompt = drawn_lengths(lengths_from, plan)
+            from ttsplan.measure.profiles import load_task_profile
+            from ttsplan.planning.latency import drawn_request
+            limits, prompt = drawn_request(load_task_profile(lengths_from), plan.branches, plan.max_new_tokens,
+                                           plan.seed)
         with console.status(f"timing random-weight {random_weights} on {device}"):
             peak_bw = copy_bandwidth(torch.device(device))
-            _, stats, spec, latency = time_random_weights(plan, random_weights, device, prompt,
-                                                          draft if plan.draft else None, limits)
+            model, draft_model = random_models(random_weights, plan.draft, device, plan.seed)
+            _, stats, spec, latency = time_request(model, draft_model, plan, prompt, limits)
         console.print(timing_table(stats, latency, peak_bw))
         if spec:
             console.print(spec_table(spec))
@@ -373,18 +376,6 @@ def run(
         rows = run_dataset(engine, plan, problems, out, spec_draft, on_problem=lambda p: progress.advance(task))
     console.print(dataset_table(rows, plan, predicted))
     console.print(f"results: {out}")
-
-
-def drawn_lengths(task_path: Path, plan) -> tuple[list[int], int]:
-    """Branch lengths of one calibration problem drawn at the plan's seed (capped by the plan), and
-    that problem's prompt length: what a random-weight timing run replays."""
-    import numpy as np
-    from ttsplan.measure.profiles import load_task_profile
-    task = load_task_profile(task_path)
-    rng = np.random.default_rng(plan.seed)
-    problem = task.problems[rng.integers(len(task.problems))]
-    picks = rng.choice(len(problem.branches), plan.branches, replace=plan.branches > len(problem.branches))
-    return [min(problem.branches[i].length, plan.max_new_tokens) for i in picks], problem.prompt_tokens
 
 
 def dataset_table(rows: list[dict], plan, predicted: dict | None) -> Table:

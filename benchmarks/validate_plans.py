@@ -120,37 +120,42 @@ def predicted(plan: Plan, replay_cache: dict):
 
 
 def cpu_latency(args):
+    """Run every plan on the held-out problems (results cached per plan, so a rerun only reports),
+    then compare with the planner's predictions."""
     import torch
     from ttsplan.datasets import load_problems
     from ttsplan.hardware import device_name
     from ttsplan.planning.latency import predict_request
     from ttsplan.runner import load_draft, load_engine, run_dataset, run_key
     problems = load_problems("gsm8k", args.problems, HELD_OUT)
-    engines, cache = {}, {}
+    engines, measured = {}, []
+    for plan in cpu_plans():
+        out = RESULTS / "cpu_validation" / f"{plan.model}-{run_key(plan)}.jsonl"
+        if plan.model not in engines:
+            engines[plan.model] = load_engine(plan.model)
+        if plan.draft and plan.draft not in engines:
+            engines[plan.draft] = load_draft(engines[plan.model], plan.draft)
+        rows = run_dataset(engines[plan.model], plan, problems, out, engines.get(plan.draft),
+                           on_problem=lambda p: print(plan.describe(), p.id, flush=True))
+        measured.append((plan, rows))
     table = Table(title=f"predicted against measured mean latency, {device_name(torch.device('cpu'))}, {today()}, "
                         f"GSM8K problems {HELD_OUT}..{HELD_OUT + args.problems - 1} (not in the task profile)")
     for col in ("plan", "model", "measured mean s", "predicted mean s", "error", "from actual lengths s",
                 "error (lengths)"):
         table.add_column(col, justify="right")
-    errors, length_errors = [], []
-    for plan in cpu_plans():
-        if plan.model not in engines:
-            engines[plan.model] = load_engine(plan.model)
-        engine = engines[plan.model]
-        draft = engines.setdefault(plan.draft, load_draft(engine, plan.draft)) if plan.draft else None
-        out = RESULTS / "cpu_validation" / f"{plan.model}-{run_key(plan)}.jsonl"
-        rows = run_dataset(engine, plan, problems, out, draft,
-                           on_problem=lambda p: print(plan.describe(), p.id, flush=True))
+    errors, length_errors, cache = [], [], {}
+    for plan, rows in measured:
         lat, replay, dec = predicted(plan, cache)
-        measured = statistics.mean(r["latency_s"] for r in rows)
-        from_lengths = statistics.mean(predict_request(replay.costs, r["lengths"], r["prompt_tokens"], dec, False)
-                                       for r in rows) if not plan.early_stop else float("nan")
-        errors.append(abs(lat.mean_s / measured - 1))
+        mean = statistics.mean(r["latency_s"] for r in rows)
+        errors.append(abs(lat.mean_s / mean - 1))
+        cells = ["-", "-"]
         if not plan.early_stop:
-            length_errors.append(abs(from_lengths / measured - 1))
-        table.add_row(plan.describe(), plan.model, f"{measured:.1f}", f"{lat.mean_s:.1f}",
-                      f"{lat.mean_s / measured - 1:+.1%}", f"{from_lengths:.1f}",
-                      f"{from_lengths / measured - 1:+.1%}")
+            from_lengths = statistics.mean(predict_request(replay.costs, r["lengths"], r["prompt_tokens"], dec, False)
+                                           for r in rows)
+            length_errors.append(abs(from_lengths / mean - 1))
+            cells = [f"{from_lengths:.1f}", f"{from_lengths / mean - 1:+.1%}"]
+        table.add_row(plan.describe(), plan.model, f"{mean:.1f}", f"{lat.mean_s:.1f}", f"{lat.mean_s / mean - 1:+.1%}",
+                      *cells)
     table.add_section()
     table.add_row("MAPE", "", "", "", f"{np.mean(errors):.1%}", "", f"{np.mean(length_errors):.1%}")
     emit(table, "cpu_validation_latency", f"CPU plan validation (latency), {today()}")

@@ -1,0 +1,24 @@
+"""Early stop in the executor, on the real smollm2: the same answer as waiting for every branch,
+fewer tokens, and branches identical up to where they were stopped."""
+import pytest
+
+from ttsplan.planning.plan import Plan
+from ttsplan.runner import load_engine, solve
+
+
+@pytest.fixture(scope="module")
+def engine(smollm2_dir):
+    return load_engine(str(smollm2_dir))
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_early_stop_keeps_the_answer_and_saves_tokens(engine, seed):
+    plan = Plan(model="smollm2", branches=10, max_new_tokens=96, seed=seed)
+    full = solve(engine, "What is 10 times 10?", plan)
+    early = solve(engine, "What is 10 times 10?", Plan(**{**plan.__dict__, "early_stop": True}))
+    assert early.answer == full.answer is not None
+    assert early.stopped > 0 and early.stats.new_tokens < full.stats.new_tokens
+    for a, b in zip(early.branches, full.branches):
+        assert b.tokens[:len(a.tokens)] == a.tokens  # the same stream, cut where the vote was decided
+        assert a.finish == "stopped" or a.tokens == b.tokens
+    assert all(answer is None for answer, b in zip(early.answers, early.branches) if b.finish == "stopped")
