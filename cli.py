@@ -81,6 +81,7 @@ def profile(
     draft: str = typer.Option(None, help="a draft model (or, with --random-weights, a shipped shape): its step "
                                          "and round costs, and with --dataset its acceptance"),
     device: str = typer.Option("cpu", help="cpu or cuda"),
+    backend: str = typer.Option("relay", help="the engine whose step costs are measured: relay or vllm"),
     quick: bool = typer.Option(False, help="a coarse step-cost grid that finishes in minutes on a CPU"),
     branches: str = typer.Option(None, help="override the grid's live branches, e.g. 1,2,4,8"),
     skip_device: bool = typer.Option(False, "--skip-device", help="measure no step costs"),
@@ -114,6 +115,18 @@ def profile(
         from ttsplan.assets import dataset_file
         dataset_file(dataset)  # an unknown dataset fails before any model loads
     dev = torch.device(device)
+    if backend == "vllm":
+        if random_weights or draft or dataset:
+            raise TTSPlanError("--backend vllm profiles a real model's step costs only: no --random-weights, "
+                               "--draft (profile the pair on the relay engine) or --dataset")
+        from ttsplan.measure.profile import profile_vllm_device
+        with progress_bar() as progress:
+            task = progress.add_task("vLLM step costs", total=None)
+            out = profile_vllm_device(model, dev, quick, out_dir, task_reporter(progress, task, "vLLM step costs"))
+        console.print(f"device profile: {out}")
+        return
+    if backend != "relay":
+        raise TTSPlanError(f"unknown backend {backend!r}: relay or vllm")
     with console.status(f"loading {random_weights or model}"):
         target, d_model, engine, info, d_info = load_models(model, random_weights, draft, dev)
     name = random_weights or model
@@ -124,12 +137,8 @@ def profile(
         out = device_profile_path(out_dir, dev, name)
         with progress_bar() as progress:
             task = progress.add_task("step costs", total=None)
-
-            def on_task(t, done, total):
-                progress.update(task, total=total, description=f"step costs {t}")
-                if done:
-                    progress.advance(task)
-            profile_device(target, d_model, engine, info, d_info, dev, grid, out, on_task)
+            profile_device(target, d_model, engine, info, d_info, dev, grid, out,
+                           task_reporter(progress, task, "step costs"))
         console.print(f"device profile: {out}")
     if dataset:
         out = task_profile_dir(out_dir, name, dataset)
@@ -141,6 +150,15 @@ def profile(
                                    on_problem=lambda p, skipped: progress.advance(task),
                                    on_prompt=lambda i: progress.advance(acc))
         console.print(f"task profile: {path}")
+
+
+def task_reporter(progress, task, what: str):
+    """on_task(name, done, total) for a measurement loop: the bar names the point being measured."""
+    def on_task(name, done, total):
+        progress.update(task, total=total, description=f"{what} {name}")
+        if done:
+            progress.advance(task)
+    return on_task
 
 
 def load_draft_engine(engine, draft: str, device: str):
@@ -182,6 +200,8 @@ def optimize(
     top: int = typer.Option(8, help="rows of the best-plans table"),
     plot: Path = typer.Option(None, help="also draw the Pareto frontier to this PNG"),
     out: Path = typer.Option(Path("plan.yaml"), help="where to write the chosen plan"),
+    emit: str = typer.Option(None, help="also write the plan as another engine's configuration: vllm "
+                                        "(engine and sampling arguments, beside the plan as vllm.yaml)"),
 ):
     """Choose branches, draft, draft length, vote rule, length cap and early stop that maximize accuracy
     within the budget; print the best plans, the plans the seed paper argues against, and the frontier."""
@@ -214,6 +234,13 @@ def optimize(
         console.print(f"frontier plot: {plot}")
     opt.plan.save(out)
     console.print(f"plan: {out} ({opt.plan.describe()})")
+    if emit is not None:
+        if emit != "vllm":
+            raise TTSPlanError(f"--emit knows vllm, not {emit!r}")
+        from ttsplan.backends.vllm import save_vllm_config
+        path = out.with_name("vllm.yaml")
+        save_vllm_config(opt, path)
+        console.print(f"vLLM configuration: {path}")
 
 
 # --- run -----------------------------------------------------------------------------------------
@@ -272,8 +299,8 @@ def spec_table(spec) -> Table:
     return table
 
 
-def check_plan_device(plan, device: str, shape: str, force: bool) -> None:
-    """A plan made for another device or model shape is refused unless --force."""
+def check_plan_device(plan, device: str, backend: str, shape: str, force: bool) -> None:
+    """A plan made for another device, backend or model shape is refused unless --force."""
     import torch
     from ttsplan.hardware import device_name
     if not plan.device or force:
@@ -285,6 +312,9 @@ def check_plan_device(plan, device: str, shape: str, force: bool) -> None:
     if plan.device.get("shape") != shape:
         raise TTSPlanError(f"the plan's device profile is for model shape {plan.device.get('shape')} but "
                            f"{plan.model} has shape {shape}: pass --force to run it anyway")
+    if plan.device.get("backend", "relay") != backend:
+        raise TTSPlanError(f"the plan was profiled on the {plan.device.get('backend')} backend, not {backend}: "
+                           "profile that backend, or pass --force")
 
 
 @app.command()
@@ -316,13 +346,18 @@ def run(
     draft: str = typer.Option(None, help="draft model for speculative decoding (shares the target's tokenizer); "
                                          "with --random-weights, a shipped shape"),
     draft_len: int = typer.Option(4, "--draft-len", "-k", help="with --draft: tokens proposed per round"),
+    acceptance: str = typer.Option(None, help="with --random-weights --draft: draw acceptance from this rate per "
+                                              "position, or from a task profile's measured rates"),
     results: Path = typer.Option(None, help="with --dataset: results file (default under TTSPLAN_HOME/runs)"),
+    backend: str = typer.Option("relay", help="relay (ttsplan's engine) or vllm"),
+    tensor_parallel_size: int = typer.Option(1, "--tensor-parallel-size", help="with --backend vllm"),
+    pipeline_parallel_size: int = typer.Option(1, "--pipeline-parallel-size", help="with --backend vllm"),
 ):
     """Answer by vote over N branches that share one prompt KV cache, as a plan or the flags say."""
     import torch
     from ttsplan.hardware import copy_bandwidth
     from ttsplan.planning.plan import Plan
-    from ttsplan.runner import load_draft, load_engine, random_models, run_dataset, run_key, solve, time_request
+    from ttsplan.runner import given_acceptance, load_solver, random_models, run_dataset, run_key, time_request
     if plan_file is not None:
         plan = Plan.load(plan_file)
     else:
@@ -331,7 +366,7 @@ def run(
                     top_p=top_p, top_k=top_k, seed=seed, dataset=dataset or "gsm8k")
     if random_weights:
         from ttsplan.engine.config import ModelConfig
-        check_plan_device(plan, device, ModelConfig.shipped(random_weights).shape_hash(), force)
+        check_plan_device(plan, device, "relay", ModelConfig.shipped(random_weights).shape_hash(), force)
         limits, prompt = None, prompt_len
         if lengths_from:
             from ttsplan.measure.profiles import load_task_profile
@@ -341,7 +376,8 @@ def run(
         with console.status(f"timing random-weight {random_weights} on {device}"):
             peak_bw = copy_bandwidth(torch.device(device))
             model, draft_model = random_models(random_weights, plan.draft, device, plan.seed)
-            _, stats, spec, latency = time_request(model, draft_model, plan, prompt, limits)
+            rates = given_acceptance(acceptance, plan.temperature) if acceptance and plan.draft else None
+            _, stats, spec, latency = time_request(model, draft_model, plan, prompt, limits, acceptance=rates)
         console.print(timing_table(stats, latency, peak_bw))
         if spec:
             console.print(spec_table(spec))
@@ -352,18 +388,22 @@ def run(
         from ttsplan.datasets import load_problems
         problems = load_problems(dataset, limit, offset)
         plan.dataset = dataset
-    with console.status(f"loading {plan.model}"):
-        engine = load_engine(plan.model, device)
-        check_plan_device(plan, device, engine.model.cfg.shape_hash(), force)
-        spec_draft = load_draft(engine, plan.draft, device) if plan.draft else None
+    if backend == "vllm" and plan.early_stop:
+        console.print("[yellow]note:[/] vLLM returns a request's branches together: early stop is off on this backend")
+        plan.early_stop = False
+    from ttsplan.assets import resolve_model
+    from ttsplan.engine.config import ModelConfig
+    check_plan_device(plan, device, backend, ModelConfig.load(resolve_model(plan.model)).shape_hash(), force)
+    with console.status(f"loading {plan.model} on {backend}"):
+        solver = load_solver(plan, device, backend, tensor_parallel_size=tensor_parallel_size,
+                             pipeline_parallel_size=pipeline_parallel_size)
         peak_bw = copy_bandwidth(torch.device(device))
     predicted = plan.predicted or None
     if question is not None:
         with Progress(TextColumn("decoding"), BarColumn(), TextColumn("{task.fields[tok]} tokens"),
                       TimeElapsedColumn(), console=console, transient=True) as progress:
             task = progress.add_task("", total=plan.max_new_tokens, tok=0)
-            solved = solve(engine, question, plan, spec_draft,
-                           on_step=lambda s: progress.update(task, completed=s.steps, tok=s.new_tokens))
+            solved = solver(question, on_step=lambda s: progress.update(task, completed=s.steps, tok=s.new_tokens))
         console.print(branch_table(solved), vote_table(solved),
                       timing_table(solved.stats, solved.latency_s, peak_bw, predicted))
         if solved.spec:
@@ -373,7 +413,7 @@ def run(
     out = results or home() / "runs" / f"{dataset}-{Path(plan.model).name}-n{plan.branches}-{run_key(plan)}.jsonl"
     with progress_bar() as progress:
         task = progress.add_task(dataset, total=len(problems))
-        rows = run_dataset(engine, plan, problems, out, spec_draft, on_problem=lambda p: progress.advance(task))
+        rows = run_dataset(solver, problems, out, plan.dataset, on_problem=lambda p: progress.advance(task))
     console.print(dataset_table(rows, plan, predicted))
     console.print(f"results: {out}")
 

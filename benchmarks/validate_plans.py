@@ -85,16 +85,27 @@ def gpu_report(args):
 
 
 def cpu_plans():
-    """At least 8 plans spanning N = 1..16, with and without the draft, a cap and early stop."""
+    """At least 8 plans spanning N = 1..16, with and without the draft, a cap and early stop; caps of
+    192-256 tokens keep the run near an hour on two cores."""
     small, large = "qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b"
     return [
-        Plan(model=small, branches=1), Plan(model=small, branches=4), Plan(model=small, branches=8),
-        Plan(model=small, branches=16), Plan(model=small, branches=8, max_new_tokens=320),
-        Plan(model=small, branches=16, vote="min-window", max_new_tokens=384, early_stop=True),
-        Plan(model=small, branches=8, early_stop=True),
-        Plan(model=large, branches=4), Plan(model=large, branches=1, draft=small, draft_len=4),
-        Plan(model=large, branches=4, draft=small, draft_len=2),
+        Plan(model=small, branches=1, max_new_tokens=256), Plan(model=small, branches=4, max_new_tokens=256),
+        Plan(model=small, branches=8, max_new_tokens=256), Plan(model=small, branches=16, max_new_tokens=192),
+        Plan(model=small, branches=8, max_new_tokens=256, early_stop=True),
+        Plan(model=small, branches=16, vote="min-window", max_new_tokens=256, early_stop=True),
+        Plan(model=large, branches=1, draft=small, draft_len=4, max_new_tokens=256),
+        Plan(model=large, branches=2, draft=small, draft_len=2, max_new_tokens=192),
     ]
+
+
+def run_plan(plan: Plan, problems) -> list[dict]:
+    """The plan's result rows on the problems, from the results file where an earlier run left them."""
+    from ttsplan.runner import load_solver, load_results, run_dataset, run_key
+    out = RESULTS / "cpu_validation" / f"{plan.model}-{run_key(plan)}.jsonl"
+    if set(load_results(out)) >= {p.id for p in problems}:
+        return run_dataset(None, problems, out, plan.dataset)
+    return run_dataset(load_solver(plan), problems, out, plan.dataset,
+                       on_problem=lambda p: print(plan.describe(), p.id, flush=True))
 
 
 def profiles_for(plan: Plan) -> tuple[Path, Path]:
@@ -126,18 +137,8 @@ def cpu_latency(args):
     from ttsplan.datasets import load_problems
     from ttsplan.hardware import device_name
     from ttsplan.planning.latency import predict_request
-    from ttsplan.runner import load_draft, load_engine, run_dataset, run_key
     problems = load_problems("gsm8k", args.problems, HELD_OUT)
-    engines, measured = {}, []
-    for plan in cpu_plans():
-        out = RESULTS / "cpu_validation" / f"{plan.model}-{run_key(plan)}.jsonl"
-        if plan.model not in engines:
-            engines[plan.model] = load_engine(plan.model)
-        if plan.draft and plan.draft not in engines:
-            engines[plan.draft] = load_draft(engines[plan.model], plan.draft)
-        rows = run_dataset(engines[plan.model], plan, problems, out, engines.get(plan.draft),
-                           on_problem=lambda p: print(plan.describe(), p.id, flush=True))
-        measured.append((plan, rows))
+    measured = [(plan, run_plan(plan, problems)) for plan in cpu_plans()]
     table = Table(title=f"predicted against measured mean latency, {device_name(torch.device('cpu'))}, {today()}, "
                         f"GSM8K problems {HELD_OUT}..{HELD_OUT + args.problems - 1} (not in the task profile)")
     for col in ("plan", "model", "measured mean s", "predicted mean s", "error", "from actual lengths s",
@@ -168,11 +169,8 @@ def cpu_accuracy(args):
     from ttsplan.planning.accuracy import AccuracyTable
     from ttsplan.planning.optimize import load_profiles
     from ttsplan.planning.task_arrays import load_task_arrays
-    from ttsplan.runner import load_engine, run_dataset, run_key
     problems = load_problems("gsm8k", args.problems, HELD_OUT)
-    plans = [Plan(model="qwen2.5-coder-0.5b", branches=1), Plan(model="qwen2.5-coder-0.5b", branches=8),
-             Plan(model="qwen2.5-coder-0.5b", branches=8, vote="min-window", max_new_tokens=384, early_stop=True)]
-    engine = load_engine(plans[0].model)
+    plans = cpu_plans()[:2] + cpu_plans()[4:5]  # their first problems are shared with cpu-latency
     table = Table(title=f"measured accuracy on GSM8K {HELD_OUT}..{HELD_OUT + args.problems - 1} against the "
                         f"predicted 95% interval, {device_name(torch.device('cpu'))}, {today()}")
     for col in ("plan", "problems", "measured", "predicted (95% interval)", "inside"):
@@ -181,8 +179,7 @@ def cpu_accuracy(args):
     _, task = load_profiles(dev_path, task_path)
     arrays = load_task_arrays(task, task_path)
     for plan in plans:
-        out = RESULTS / "cpu_validation" / f"{plan.model}-{run_key(plan)}.jsonl"
-        rows = run_dataset(engine, plan, problems, out, on_problem=lambda p: print(plan.describe(), p.id, flush=True))
+        rows = run_plan(plan, problems)
         est = AccuracyTable(arrays, [plan.vote], [plan.max_new_tokens]).estimate(plan.vote, plan.max_new_tokens,
                                                                                  plan.branches)
         acc = statistics.mean(r["correct"] for r in rows)

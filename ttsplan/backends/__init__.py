@@ -1,0 +1,1 @@
+"""Backends other than the relay engine (ttsplan.engine) that run a plan: vLLM."""
