@@ -111,3 +111,42 @@ def test_draft_length_below_one(smol):
     tokenizer, model = smol
     with pytest.raises(TTSPlanError, match="draft length"):
         generate_speculative(model, model, [1, 2, 3], 1, SamplingParams(), set(), draft_len=0)
+
+
+def with_longer_head(model: Transformer, extra: int) -> Transformer:
+    """The model with `extra` more vocabulary rows of zero weights (logit 0), as the real Qwen2.5-7B
+    head has 152064 rows to the 0.5B's 151936: the model's vocabulary becomes a prefix of this one's."""
+    import copy
+    from dataclasses import replace
+    from ttsplan.engine.model import Linear
+    big = copy.copy(model)
+    big.cfg = replace(model.cfg, vocab_size=model.cfg.vocab_size + extra)
+    big.lm_head = Linear(torch.cat([model.embed, torch.zeros(extra, model.embed.shape[1])]))
+    return big
+
+
+def test_draft_whose_vocabulary_is_a_prefix_of_the_targets(smol):
+    tokenizer, model = smol
+    target = with_longer_head(model, 128)
+    ids = chat_ids(tokenizer, "Name three colors.")
+    params = SamplingParams(temperature=0, max_new_tokens=24)
+    want, _ = generate(target, ids, 1, params, {tokenizer.eos_token_id})
+    got, _, spec = generate_speculative(target, model, ids, 2, params, {tokenizer.eos_token_id}, draft_len=3)
+    assert all(b.tokens == want[0].tokens for b in got) and spec.overall_acceptance > 0.5
+    with pytest.raises(TTSPlanError, match="must be a prefix of the target's"):
+        generate_speculative(model, target, ids, 2, params, set(), draft_len=3)
+
+
+def test_given_acceptance_replaces_the_models_own(smol):
+    """Timing mode: a draft identical to the target accepts everything by itself; given rates of 0 it
+    accepts nothing, given 1 everything, and given (0.9, 0.5) its per-position rates match them."""
+    tokenizer, model = smol
+    ids = chat_ids(tokenizer, "Name one animal.")
+    params = SamplingParams(temperature=0.7, max_new_tokens=40, ignore_eos=True, seed=1)
+    runs = {rates: generate_speculative(model, model, ids, 4, params, set(), draft_len=2, acceptance=rates)[2]
+            for rates in ((0.0,), (1.0,))}
+    assert runs[(0.0,)].overall_acceptance == 0.0 and runs[(1.0,)].overall_acceptance == 1.0
+    gen = torch.Generator().manual_seed(0)
+    n = speculative.given_accepts((0.9, 0.5), 200_000, 2, gen, "cpu")
+    assert abs((n >= 1).float().mean().item() - 0.9) < 0.005
+    assert abs((n == 2).sum().item() / (n >= 1).sum().item() - 0.5) < 0.005

@@ -78,6 +78,14 @@ def accept_drafts(p: torch.Tensor, q: torch.Tensor, drafts: torch.Tensor, gen: t
     return n_acc, draw(final, uniforms(gen, B))
 
 
+def given_accepts(rates: tuple[float, ...], B: int, k: int, gen: torch.Generator, device) -> torch.Tensor:
+    """Accepted drafts per branch [B] drawn from per-position acceptance rates instead of the models
+    (timing random-weight models, whose own acceptance means nothing): draft i is accepted with
+    probability rates[i] once drafts 1..i-1 were."""
+    a = torch.tensor([rates[min(i, len(rates) - 1)] for i in range(k)], device=device)
+    return (torch.rand(B, k, generator=gen, device=device) < a).long().cumprod(-1).sum(-1)
+
+
 def check_pair(target_tokenizer, draft_tokenizer, target_name: str, draft_name: str) -> None:
     if target_tokenizer.get_vocab() != draft_tokenizer.get_vocab():
         raise TTSPlanError(f"draft '{draft_name}' and target '{target_name}' do not share a tokenizer: "
@@ -108,13 +116,19 @@ def propose(draft: Transformer, d_cache: KVCache, feed: torch.Tensor, k: int, dr
 
 
 def verify(target: Transformer, t_cache: KVCache, last: torch.Tensor, drafts: torch.Tensor, q: torch.Tensor,
-           params: SamplingParams, gen: torch.Generator):
+           params: SamplingParams, gen: torch.Generator, acceptance: tuple[float, ...] | None = None):
     """The target scores [last, d1..dk] for every branch in one pass (relay attention, q = k + 1) and
     applies the acceptance rule: (accepted drafts per branch [B], emitted tokens [B, k + 1] of which
-    the first accepted + 1 count, their log-probabilities and confidences)."""
+    the first accepted + 1 count, their log-probabilities and confidences).  With `acceptance`, the
+    number accepted is drawn from those rates instead (given_accepts)."""
     B = drafts.shape[0]
     t_logits = target.decode(torch.cat([last, drafts], dim=1), t_cache)
-    n_acc, nxt = accept_drafts(token_probs(t_logits, params), q, drafts, gen)
+    p = token_probs(t_logits, params)
+    if q.shape[-1] < p.shape[-1]:  # the draft's vocabulary is a prefix of the target's: no mass on the rest
+        q = torch.nn.functional.pad(q, (0, p.shape[-1] - q.shape[-1]))
+    n_acc, nxt = accept_drafts(p, q, drafts, gen)
+    if acceptance:
+        n_acc = given_accepts(acceptance, B, drafts.shape[1], gen, drafts.device)
     emitted = torch.cat([drafts, torch.zeros_like(nxt).view(B, 1)], dim=1)
     emitted[torch.arange(B), n_acc] = nxt
     return n_acc, emitted, *token_scores(t_logits, emitted)
@@ -139,16 +153,19 @@ def commit(request: Request, spec: SpecStats, kr: int, n_acc: torch.Tensor, emit
 
 def generate_speculative(target: Transformer, draft: Transformer, prompt: list[int], n: int, params: SamplingParams,
                          eos_ids: set[int], draft_len: int, draft_params: SamplingParams | None = None,
-                         on_step=None, stop=None, limits=None) -> tuple[list[Branch], GenerationStats, SpecStats]:
+                         on_step=None, stop=None, limits=None, acceptance: tuple[float, ...] | None = None
+                         ) -> tuple[list[Branch], GenerationStats, SpecStats]:
     """Like generate(), with k = draft_len tokens proposed by the draft per branch per round.
 
     draft_params sets how the draft proposes (default: the target's sampling); any proposal
-    distribution is lossless, greedy drafts (temperature 0) included.
+    distribution is lossless, greedy drafts (temperature 0) included.  acceptance: per-position
+    rates to draw acceptance from (timing only; see given_accepts).
     """
     if draft_len < 1:
         raise TTSPlanError(f"draft length must be at least 1, got {draft_len}")
-    if draft.cfg.vocab_size != target.cfg.vocab_size:
-        raise TTSPlanError("draft and target vocabulary sizes differ")
+    if draft.cfg.vocab_size > target.cfg.vocab_size:
+        raise TTSPlanError(f"the draft's vocabulary ({draft.cfg.vocab_size} tokens) is larger than the target's "
+                           f"({target.cfg.vocab_size}): a draft's vocabulary must be a prefix of the target's")
     k, cfg = draft_len, target.cfg
     check_request(cfg, len(prompt) + k + 1, n, params)
     draft_params = draft_params or params
@@ -184,7 +201,7 @@ def generate_speculative(target: Transformer, draft: Transformer, prompt: list[i
         spec.draft_s += tv - ts
 
         stats.bytes_read += step_bytes(cfg, t_cache.prefix_len, fed + kr * B, target.dtype)
-        n_acc, emitted, logprobs, confs = verify(target, t_cache, last, drafts, q, params, gen)
+        n_acc, emitted, logprobs, confs = verify(target, t_cache, last, drafts, q, params, gen, acceptance)
         synchronize(dev)
         spec.verify_s += time.perf_counter() - tv
 
