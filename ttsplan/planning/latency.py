@@ -48,6 +48,14 @@ class DeviceCosts:
         return costs
 
 
+def speculative_round_ms(c: DeviceCosts, b, k: int, prompt, own) -> np.ndarray:
+    """k draft steps + one verification of k + 1 tokens + the round's measured overhead.  The overhead
+    is a real round less its parts timed alone, and may be negative (on a CPU the parts run faster
+    back to back than alone); a round never costs less than its verification."""
+    verify = c.target.predict(b, k + 1, prompt, own)
+    return np.maximum(k * c.draft.predict(b, 1, prompt, own) + verify + c.rounds.at(b, k), verify)
+
+
 @dataclass(frozen=True)
 class Decoding:
     """How tokens are produced: plain (k = 0), or k drafts per round at the given acceptance."""
@@ -114,8 +122,7 @@ class Replay:
         if dec.k == 0:
             ms = c.target.predict(j, 1, P, own) + c.loop.at(j)
         else:
-            ms = (dec.k * c.draft.predict(j, 1, P, own) + c.target.predict(j, dec.k + 1, P, own)
-                  + np.maximum(c.rounds.at(j, dec.k), 0.0))
+            ms = speculative_round_ms(c, j, dec.k, P, own)
         ms = np.broadcast_to(ms, (task.problems, n, steps))
         table = np.zeros((task.problems, n + 1, steps + 1))
         table[:, 1:, 1:] = np.cumsum(ms, axis=2) / 1e3
