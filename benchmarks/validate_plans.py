@@ -210,7 +210,8 @@ def headline(args):
             try:
                 opt = optimize(dev_path, task_path, budget_s=budget)
             except Exception as e:  # an impossible budget: say so in the table
-                table.add_row(device, task_path.parent.name, f"{budget:g}", str(e).split(": the fastest")[0][:40],
+                fastest = str(e).split("the fastest plan ")[-1]
+                table.add_row(device, task_path.parent.name, f"{budget:g}", f"none fits; fastest {fastest}",
                               "", "", "", "")
                 continue
             cell = lambda c: f"{c.accuracy:.1%} ({describe(c)}, {c.p90_s:.2f} s)" if c else "-"
