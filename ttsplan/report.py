@@ -7,6 +7,8 @@ from rich.table import Table
 
 from ttsplan.voting import VOTE_RULES
 
+MAX_PLAUSIBLE_TFLOPS = 5000.0
+
 
 def _table(title: str, columns, caption: str | None = None) -> Table:
     table = Table(title=title, caption=caption)
@@ -62,9 +64,12 @@ def fit_table(costs) -> Table:
         if m is None:
             continue
         p = m.parameters
+        tflops = p["flops_decode"] / 1e9
+        # Beyond any device's peak: no measured decode step was compute-bound, the roof is unconstrained.
+        roof = f"{tflops:.3f}" if tflops < MAX_PLAUSIBLE_TFLOPS else "not reached"
         table.add_row(name, str(m.points), f"{m.in_sample_error:.1%}", f"{m.held_out_error:.1%}",
-                      f"{m.held_out_decode:.1%}", f"{m.held_out_verify:.1%}", f"{m.held_out_max:.1%}", f"{p['fixed_decode']:.3f}", f"{p['bandwidth_decode'] / 1e6:.1f}",
-                      f"{p['flops_decode'] / 1e9:.3f}")
+                      f"{m.held_out_decode:.1%}", f"{m.held_out_verify:.1%}", f"{m.held_out_max:.1%}",
+                      f"{p['fixed_decode']:.3f}", f"{p['bandwidth_decode'] / 1e6:.1f}", roof)
     return table
 
 
