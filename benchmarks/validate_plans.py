@@ -173,7 +173,8 @@ def cpu_accuracy(args):
     plans = cpu_plans()[:2] + cpu_plans()[4:5]  # their first problems are shared with cpu-latency
     table = Table(title=f"measured accuracy on GSM8K {HELD_OUT}..{HELD_OUT + args.problems - 1} against the "
                         f"predicted 95% interval, {device_name(torch.device('cpu'))}, {today()}")
-    for col in ("plan", "problems", "measured", "predicted (95% interval)", "inside"):
+    for col in ("plan", "problems", "measured", "predicted (95% interval)", "inside", "for a sample of this size",
+                "inside"):
         table.add_column(col, justify="right")
     dev_path, task_path = profiles_for(plans[0])
     _, task = load_profiles(dev_path, task_path)
@@ -183,9 +184,13 @@ def cpu_accuracy(args):
         est = AccuracyTable(arrays, [plan.vote], [plan.max_new_tokens]).estimate(plan.vote, plan.max_new_tokens,
                                                                                  plan.branches)
         acc = statistics.mean(r["correct"] for r in rows)
-        # The measured accuracy is itself a sample of len(rows) problems: its own 95% binomial half-width.
+        # The interval is the mean accuracy's; the measured accuracy is also a sample of len(rows)
+        # problems, so a sample of that size falls within the two variances combined.
+        se = np.hypot((est.high - est.low) / 3.92, np.sqrt(est.accuracy * (1 - est.accuracy) / len(rows)))
+        low, high = max(est.accuracy - 1.96 * se, 0.0), min(est.accuracy + 1.96 * se, 1.0)
         table.add_row(plan.describe(), str(len(rows)), f"{acc:.1%}", f"{est.accuracy:.1%} ({est.low:.1%}-{est.high:.1%})",
-                      "yes" if est.low <= acc <= est.high else "no")
+                      "yes" if est.low <= acc <= est.high else "no", f"{low:.1%}-{high:.1%}",
+                      "yes" if low <= acc <= high else "no")
     emit(table, "cpu_validation_accuracy", f"CPU plan validation (accuracy), {today()}")
 
 
