@@ -68,6 +68,7 @@ GRIDS = {
     ("cuda", True): Grid((1, 8, 64), (1, 5), (512,), (0, 512), (512, 256)),
 }
 LOOP_STEPS = {"cpu": 24, "cuda": 64}
+ROUNDS = {"cpu": 16, "cuda": 16}  # a real speculative generation this long, for a round's overhead
 
 
 def default_grid(device: torch.device, quick: bool) -> Grid:
@@ -292,7 +293,7 @@ def measure_device(profile, out, model: Transformer, prompt_ids: list[int], grid
             profile.draft.steps.append(draft_point(draft, d_caches, *args, repeats, budget))
         elif kind == "round":
             profile.draft.round_overhead.append(round_overhead_point(
-                model, draft, t_caches, d_caches, args[0], args[1], grid.core[0], 4, repeats, budget))
+                model, draft, t_caches, d_caches, args[0], args[1], grid.core[0], ROUNDS[dev.type], repeats, budget))
         save_profile(profile, out)
         if on_task:
             on_task(task, True, len(tasks))
