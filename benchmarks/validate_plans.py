@@ -29,6 +29,9 @@ from ttsplan.planning.plan import Plan
 
 SHAPES = ("qwen2.5-0.5b", "qwen2.5-1.5b", "qwen2.5-3b", "qwen2.5-7b")
 GPU_PLANS = [(n, cap) for n in (1, 4, 8, 16) for cap in (256, 512)]
+GPU_DRAFT_PLANS = [(n, 256, k) for n in (1, 4) for k in (2, 4)]
+DRAFTS = {"qwen2.5-1.5b": "qwen2.5-0.5b", "qwen2.5-7b": "qwen2.5-0.5b"}  # as the H100 profiles were measured
+ACCEPTANCE = Path("profiles/tasks/qwen2.5-coder-1.5b-gsm8k/task.yaml")
 LENGTHS = Path("profiles/tasks/qwen2.5-coder-0.5b-gsm8k/task.yaml")
 HELD_OUT = 1000
 
@@ -37,21 +40,26 @@ def gpu_measure(args):
     import torch
     from ttsplan.measure.profiles import load_task_profile
     from ttsplan.planning.latency import drawn_request
-    from ttsplan.runner import random_models, time_request
+    from ttsplan.runner import given_acceptance, random_models, time_request
     task = load_task_profile(args.lengths)
+    rates = given_acceptance(str(args.acceptance), 0.7)
     rows = []
     for shape in args.shapes:
-        model, _ = random_models(shape, None, "cuda")
-        for n, cap in GPU_PLANS:
-            plan = Plan(model=shape, branches=n, max_new_tokens=cap)
+        draft = DRAFTS.get(shape) if args.draft_plans else None
+        model, draft_model = random_models(shape, draft, "cuda")
+        plans = [(n, cap, 0) for n, cap in GPU_PLANS] if not args.draft_plans else \
+            [(n, cap, k) for n, cap, k in GPU_DRAFT_PLANS] if draft else []
+        for n, cap, k in plans:
+            plan = Plan(model=shape, branches=n, max_new_tokens=cap, draft=draft if k else None, draft_len=k)
             for draw in range(args.draws):
                 limits, prompt = drawn_request(task, n, cap, seed=1000 * n + draw)
-                _, stats, _, seconds = time_request(model, None, replace(plan, seed=draw), prompt, limits)
-                rows.append({"shape": shape, "branches": n, "cap": cap, "draw": draw, "lengths": limits,
-                             "prompt": prompt, "seconds": seconds, "prefill_s": stats.prefill_s,
-                             "capture_s": stats.capture_s, "decode_s": stats.decode_s})
-                print(shape, n, cap, draw, f"{seconds:.3f}", flush=True)
-        del model
+                _, stats, spec, seconds = time_request(model, draft_model if k else None, replace(plan, seed=draw),
+                                                       prompt, limits, acceptance=rates if k else None)
+                rows.append({"shape": shape, "branches": n, "cap": cap, "k": k, "acceptance": list(rates) if k else [],
+                             "draw": draw, "lengths": limits, "prompt": prompt, "seconds": seconds,
+                             "prefill_s": stats.prefill_s, "capture_s": stats.capture_s, "decode_s": stats.decode_s})
+                print(shape, n, cap, k, draw, f"{seconds:.3f}", flush=True)
+        del model, draft_model
         torch.cuda.empty_cache()
         Path(args.out).write_text(json.dumps({"device": torch.cuda.get_device_name(), "date": today(), "rows": rows}))
 
@@ -61,27 +69,29 @@ def gpu_report(args):
     from ttsplan.planning.latency import Decoding, DeviceCosts, predict_request
     data = json.loads(Path(args.measurements).read_text())
     table = Table(title=f"predicted against measured request latency, {data['device']}, {data['date']}")
-    for col in ("shape", "N", "cap", "requests", "measured mean s", "predicted mean s", "error", "|error| per request"):
+    for col in ("shape", "N", "cap", "draft k", "requests", "measured mean s", "predicted mean s", "error",
+                "|error| per request"):
         table.add_column(col, justify="right")
-    by_shape = {}
-    for shape in dict.fromkeys(r["shape"] for r in data["rows"]):
-        costs = DeviceCosts.fit(load_device_profile(Path(f"profiles/device/h100-relay-{shape}.yaml")))
-        for n, cap in GPU_PLANS:
-            rows = [r for r in data["rows"] if (r["shape"], r["branches"], r["cap"]) == (shape, n, cap)]
-            if not rows:
-                continue
-            pred = [predict_request(costs, r["lengths"], r["prompt"], Decoding(), on_gpu=True) for r in rows]
-            meas = [r["seconds"] for r in rows]
-            err = statistics.mean(pred) / statistics.mean(meas) - 1
-            per = statistics.mean(abs(p / m - 1) for p, m in zip(pred, meas))
-            by_shape.setdefault(shape, []).append(abs(err))
-            table.add_row(shape, str(n), str(cap), str(len(rows)), f"{statistics.mean(meas):.3f}",
-                          f"{statistics.mean(pred):.3f}", f"{err:+.1%}", f"{per:.1%}")
+    by_shape, costs = {}, {}
+    keys = dict.fromkeys((r["shape"], r["branches"], r["cap"], r.get("k", 0)) for r in data["rows"])
+    for shape, n, cap, k in keys:
+        if shape not in costs:
+            costs[shape] = DeviceCosts.fit(load_device_profile(Path(f"profiles/device/h100-relay-{shape}.yaml")))
+        rows = [r for r in data["rows"] if (r["shape"], r["branches"], r["cap"], r.get("k", 0)) == (shape, n, cap, k)]
+        dec = Decoding(k, tuple(rows[0]["acceptance"])) if k else Decoding()
+        pred = [predict_request(costs[shape], r["lengths"], r["prompt"], dec, on_gpu=True) for r in rows]
+        meas = [r["seconds"] for r in rows]
+        err = statistics.mean(pred) / statistics.mean(meas) - 1
+        per = statistics.mean(abs(p / m - 1) for p, m in zip(pred, meas))
+        by_shape.setdefault(shape, []).append(abs(err))
+        table.add_row(shape, str(n), str(cap), str(k or "-"), str(len(rows)), f"{statistics.mean(meas):.3f}",
+                      f"{statistics.mean(pred):.3f}", f"{err:+.1%}", f"{per:.1%}")
     table.add_section()
     for shape, errs in by_shape.items():
-        table.add_row(shape, "MAPE", "", "", "", "", f"{statistics.mean(errs):.1%}", "")
-    emit(table, "gpu_validation", f"GPU plan validation ({data['device']}, {data['date']}): random weights, bf16, "
-                                  f"branch lengths drawn from {LENGTHS}")
+        table.add_row(shape, "MAPE", "", "", "", "", "", f"{statistics.mean(errs):.1%}", "")
+    emit(table, args.name, f"GPU plan validation ({data['device']}, {data['date']}): random weights, bf16, "
+                           f"branch lengths drawn from {LENGTHS}" +
+                           (f", acceptance drawn from {ACCEPTANCE}" if any(r.get("k") for r in data["rows"]) else ""))
 
 
 def cpu_plans():
@@ -234,9 +244,13 @@ def main():
     m.add_argument("--shapes", nargs="+", default=list(SHAPES))
     m.add_argument("--lengths", type=Path, default=LENGTHS)
     m.add_argument("--draws", type=int, default=3)
+    m.add_argument("--draft-plans", action="store_true", help="plans with the profiled draft, acceptance drawn from "
+                                                               "--acceptance (a rate or a task profile)")
+    m.add_argument("--acceptance", default=ACCEPTANCE)
     m.add_argument("--out", required=True)
     r = sub.add_parser("gpu-report")
     r.add_argument("measurements")
+    r.add_argument("--name", default="gpu_validation", help="results file name under benchmarks/results")
     for name in ("cpu-latency", "cpu-accuracy"):
         c = sub.add_parser(name)
         c.add_argument("--problems", type=int, default=8 if name == "cpu-latency" else 32)
