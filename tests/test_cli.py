@@ -33,3 +33,16 @@ def test_dataset_run_resumes_after_interruption(smollm2_dir, tmp_path):
     assert [r["id"] for r in again] == ["gsm8k-0", "gsm8k-1"]
     assert again[0] == rows[0], "the finished problem is kept, not run again"
     assert "total" in out and "/2" in out
+
+
+def test_random_weight_timing_draws_the_given_acceptance(smollm2_dir):
+    """`run --random-weights --draft --acceptance`: a timing run whose acceptance is drawn from the
+    given rate, not from the random models (a draft identical to the target would accept all)."""
+    config = str(smollm2_dir / "config.json")
+    for rate, want in (("0", "0.00"), ("1", "1.00")):
+        out = ttsplan("run", "--random-weights", config, "--draft", config, "-k", "2", "-n", "2",
+                      "--max-new-tokens", "24", "--prompt-len", "32", "--acceptance", rate)
+        lines = out.splitlines()
+        spec = next(i for i, line in enumerate(lines) if "speculative decoding, draft length 2" in line)
+        row = next(line for line in lines[spec:] if line.startswith("│"))
+        assert row.split("│")[3].strip() == want, out  # rounds | tokens/round | acceptance

@@ -59,18 +59,18 @@ def time_request(model: Transformer, draft: Transformer | None, plan: Plan, prom
                  limits: list[int] | None = None, warm_up: bool = True, acceptance: tuple[float, ...] | None = None):
     """The plan's branches on a random prompt with EOS ignored: (branches, stats, spec stats, seconds).
     limits: each branch's own length (e.g. drawn from a task profile); acceptance: the draft's
-    per-position rates to draw acceptance from (random weights accept at meaningless rates).  warm_up first runs a short
-    request on the same prompt whose branches end one after another, so that the kernels of this
-    prompt length and every batch bucket are compiled before the timed request."""
+    per-position rates to draw acceptance from (random weights accept at meaningless rates).  warm_up
+    first runs the same request untimed, so that every kernel variant it needs (Triton specializes on
+    lengths; speculative rounds launch q = k + 1 and refeed shapes) is compiled before the timed one."""
     prompt = torch.randint(0, model.cfg.vocab_size, (prompt_len,),
                            generator=torch.Generator().manual_seed(plan.seed)).tolist()
+    params = sampling_params(plan, ignore_eos=True)
     if warm_up:
-        n = plan.branches
-        warm = SamplingParams(max_new_tokens=max(plan.max_new_tokens, n + 2), ignore_eos=True)  # same capacity
-        generate_branches(model, prompt, n, warm, set(), draft, plan.draft_len, limits=[2 + i for i in range(n)])
+        generate_branches(model, prompt, plan.branches, params, set(), draft, plan.draft_len, limits=limits,
+                          acceptance=acceptance)
     t0 = time.perf_counter()
-    branches, stats, spec = generate_branches(model, prompt, plan.branches, sampling_params(plan, ignore_eos=True),
-                                              set(), draft, plan.draft_len, limits=limits, acceptance=acceptance)
+    branches, stats, spec = generate_branches(model, prompt, plan.branches, params, set(), draft, plan.draft_len,
+                                              limits=limits, acceptance=acceptance)
     return branches, stats, spec, time.perf_counter() - t0
 
 
