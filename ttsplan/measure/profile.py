@@ -105,23 +105,42 @@ def profile_device(target, draft, engine, info: ModelInfo, draft_info, device: t
     return measure_device(profile, out, target, prompt_ids, grid, draft, on_task)
 
 
-def profile_vllm_device(model: str, device: torch.device, quick: bool, out_dir: Path, on_task=None) -> Path:
-    """Measure (or finish measuring) the device profile of `model` served by vLLM."""
+def profile_vllm_device(model: str, draft: str | None, device: torch.device, quick: bool, out_dir: Path,
+                        on_task=None) -> Path:
+    """Measure (or finish measuring) the device profile of `model` served by vLLM, with `draft`
+    proposing for it when given."""
     from ttsplan.assets import resolve_model
-    from ttsplan.backends.vllm import start_llm
+    from ttsplan.backends.vllm import start_llm, stop_llm
     from ttsplan.measure.vllm_step_cost import VLLM_GRIDS, measure_vllm_device
     from transformers import AutoTokenizer
     grid = VLLM_GRIDS[(device.type, quick)]
-    path = resolve_model(model)
-    cfg = ModelConfig.load(path)
+    paths = {"target": resolve_model(model), "draft": resolve_model(draft) if draft else None}
+    cfg = ModelConfig.load(paths["target"])
     window = max(grid.prompt) + 2 * max(grid.own) + 64
     dtype = "float32" if device.type == "cpu" else "bfloat16"
     out = device_profile_path(out_dir, device, model, "vllm")
     profile = open_device_profile(out, device, "vllm", model_info(model, cfg, False), dtype, grid)
-    llm = start_llm({"model": str(path), "dtype": dtype, "enable_prefix_caching": True, "max_model_len": window,
-                     "seed": 0, **({"enforce_eager": True} if device.type == "cpu" else {})})
-    prompt_ids = calibration_text_ids(AutoTokenizer.from_pretrained(path), max(grid.prompt) + 1200)
-    measure_vllm_device(profile, out, llm, prompt_ids, grid, window, on_task)
+    draft_info = model_info(draft, ModelConfig.load(paths["draft"]), False) if draft else None
+    if draft and profile.draft and profile.draft.model.shape != draft_info.shape:
+        raise TTSPlanError(f"{out}: field 'draft.model.shape' is {profile.draft.model.shape!r}, not "
+                           f"{draft_info.shape!r}: this run would mix two profiles; give another --out-dir")
+    live = []
+
+    def start(which: str, k: int):
+        while live:
+            stop_llm(live.pop())
+        args = {"model": str(paths[which]), "dtype": dtype, "enable_prefix_caching": True, "max_model_len": window,
+                "seed": 0, "disable_log_stats": False, **({"enforce_eager": True} if device.type == "cpu" else {})}
+        if k:
+            args["speculative_config"] = {"method": "draft_model", "model": str(paths["draft"]),
+                                          "num_speculative_tokens": k}
+        live.append(start_llm(args))
+        return live[-1]
+
+    prompt_ids = calibration_text_ids(AutoTokenizer.from_pretrained(paths["target"]), max(grid.prompt) + 1200)
+    measure_vllm_device(profile, out, start, prompt_ids, grid, window, draft_info, on_task)
+    while live:
+        stop_llm(live.pop())
     return out
 
 

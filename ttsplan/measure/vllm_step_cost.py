@@ -1,24 +1,32 @@
 """A device profile measured through vLLM (`ttsplan profile --backend vllm`): the decode step over
-live branches and prompt length, and prefill, timed from outside vLLM's own loop.
+live branches and prompt length, prefill, and with a draft the speculative round over live branches
+and draft length, timed from outside vLLM's own loop.
 
-A step is what a fixed-length request costs per token with EOS ignored: n = b branches generating
-2S + 1 tokens, less the same request generating one token (prefill and set-up), over its 2S steps,
-at their mean own length S.  vLLM's loop (scheduling, sampling, detokenizing) is inside that step, so
-the loop overhead is recorded as 0.  Prefix caching stays on, as deployed (it is what lets n branches
-share their prompt's KV); every repeat gets a prompt of its own so that it prefills.  Speculative
-rounds are not measured through vLLM: a draft pair is profiled on the relay engine.
+A step is what a fixed-length request costs per engine step with EOS ignored: n = b branches
+generating 2S + 1 tokens, less the same request generating one token (prefill and set-up), over the
+engine steps between them (vLLM's own count, `vllm:iteration_tokens_total`), at their mean own
+length S.  vLLM's loop (scheduling, sampling, detokenizing) is inside that step, so the loop overhead
+is recorded as 0.  Prefix caching stays on, as deployed (it is what lets n branches share their
+prompt's KV); every repeat gets a prompt of its own so that it prefills.
+
+With a draft, each step of an engine started with num_speculative_tokens = k is one whole round:
+k draft passes, the target's verification of k + 1 tokens per branch, vLLM's acceptance.  vLLM does
+not time its parts, so the round is stored the way the replay (planning.latency) reads it: the
+draft's step measured through vLLM serving the draft alone, and the rest of the round as the
+target's verification point at q = k + 1 (round less k draft steps), with no round overhead.
 """
 import statistics
 import time
 
-from ttsplan.measure.profiles import BatchCost, PrefillCost, StepCost, save_profile
+from ttsplan.measure.profiles import BatchCost, DraftCosts, PrefillCost, StepCost, save_profile
 from ttsplan.measure.step_cost import Grid
 
+# query: 1, and k + 1 for each draft length k measured when a draft is given (at the core point)
 VLLM_GRIDS = {
-    ("cpu", False): Grid((1, 2, 4, 8, 16), (1,), (128, 1024), (16, 48), (128, 48)),
-    ("cpu", True): Grid((1, 4), (1,), (128,), (8,), (128, 8)),
-    ("cuda", False): Grid((1, 2, 4, 8, 16, 32, 64, 128), (1,), (128, 1024, 8192), (64, 256), (1024, 256)),
-    ("cuda", True): Grid((1, 8, 64), (1,), (512,), (64,), (512, 64)),
+    ("cpu", False): Grid((1, 2, 4, 8, 16), (1, 2, 3, 5), (128, 1024), (16, 48), (128, 48)),
+    ("cpu", True): Grid((1, 4), (1, 3), (128,), (8,), (128, 8)),
+    ("cuda", False): Grid((1, 2, 4, 8, 16, 32, 64, 128), (1, 2, 3, 5, 9), (128, 1024, 8192), (64, 256), (1024, 256)),
+    ("cuda", True): Grid((1, 8, 64), (1, 5), (512,), (64,), (512, 64)),
 }
 REPEATS = 3
 
@@ -28,49 +36,98 @@ def vllm_points(grid: Grid, window: int) -> list[tuple[int, int, int]]:
     return [(b, p, s) for b in grid.branches for p in grid.prompt for s in grid.own if p + 2 * s + 1 <= window]
 
 
-def request_seconds(llm, prompt: list[int], b: int, tokens: int) -> float:
+def engine_steps(llm) -> int:
+    """Engine steps vLLM has run so far (prefill and decode iterations)."""
+    return next(int(m.count) for m in llm.get_metrics() if m.name == "vllm:iteration_tokens_total")
+
+
+def request_cost(llm, prompt: list[int], b: int, tokens: int) -> tuple[float, int]:
+    """(seconds, engine steps) of one request of b branches generating `tokens` tokens, EOS ignored."""
     from vllm import SamplingParams
     from vllm.inputs import TokensPrompt
     params = SamplingParams(n=b, temperature=0.7, top_p=0.95, max_tokens=tokens, ignore_eos=True, seed=0)
+    steps = engine_steps(llm)
     t0 = time.perf_counter()
     llm.generate([TokensPrompt(prompt_token_ids=prompt)], params, use_tqdm=False)
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, engine_steps(llm) - steps
 
 
-def step_point(llm, prompt_ids: list[int], b: int, prompt: int, own: int, salt: int) -> StepCost:
-    """The step at (b, prompt, own): per repeat, (t(2 own + 1 tokens) - t(1 token)) / (2 own)."""
+def step_point(llm, prompt_ids: list[int], b: int, q: int, prompt: int, own: int, salt: int) -> StepCost:
+    """The engine step at (b, prompt, own): per repeat, (t(2 own + 1 tokens) - t(1 token)) over the engine
+    steps between the two (2 own without a draft; the rounds with one, q = k + 1)."""
     fresh = lambda r: prompt_ids[r * 7 + salt:][:prompt]  # a prompt no earlier request cached
-    request_seconds(llm, fresh(0), b, 2 * own + 1)  # warm-up
+    request_cost(llm, fresh(0), b, 2 * own + 1)  # warm-up
     steps = []
     for r in range(1, REPEATS + 1):
-        one = request_seconds(llm, fresh(2 * r), b, 1)
-        full = request_seconds(llm, fresh(2 * r + 1), b, 2 * own + 1)
-        steps.append((full - one) * 1e3 / (2 * own))
-    q = statistics.quantiles(steps, n=10, method="inclusive") if len(steps) > 1 else steps * 9
-    return StepCost(b, 1, prompt, own, round(statistics.median(steps), 4), round(q[0], 4), round(q[-1], 4), len(steps))
+        one, one_steps = request_cost(llm, fresh(2 * r), b, 1)
+        full, full_steps = request_cost(llm, fresh(2 * r + 1), b, 2 * own + 1)
+        steps.append((full - one) * 1e3 / max(full_steps - one_steps, 1))
+    q10 = statistics.quantiles(steps, n=10, method="inclusive") if len(steps) > 1 else steps * 9
+    return StepCost(b, q, prompt, own, round(statistics.median(steps), 4), round(q10[0], 4), round(q10[-1], 4),
+                    len(steps))
 
 
-def measure_vllm_device(profile, out, llm, prompt_ids: list[int], grid: Grid, window: int, on_task=None):
-    """Measure what `out` does not hold yet, saving after every point."""
-    have = {(s.b, s.prompt, s.own) for s in profile.steps}
-    todo = [pt for pt in vllm_points(grid, window) if pt not in have]
-    todo_prefill = [p for p in grid.prompt if p not in {x.prompt for x in profile.prefill}]
-    total, done = len(todo) + len(todo_prefill), 0
-    for i, (b, prompt, own) in enumerate(todo):
+def less_draft_steps(round_: StepCost, draft_ms: float, k: int) -> StepCost:
+    """A round as the target's verification point: the round less its k draft steps."""
+    cut = lambda ms: round(max(ms - k * draft_ms, 0.0), 4)
+    return StepCost(round_.b, round_.q, round_.prompt, round_.own, cut(round_.ms), cut(round_.p10_ms),
+                    cut(round_.p90_ms), round_.repeats)
+
+
+def measure_steps(profile, out, llm, steps: list[StepCost], todo: list[tuple[int, int, int, int]],
+                  prompt_ids: list[int], on_task=None, to_store=lambda point: point) -> None:
+    """Measure each (b, q, prompt, own) of `todo` into `steps` (as to_store makes it), saving after each."""
+    for b, q, prompt, own in todo:
+        name = f"b={b} q={q} prompt={prompt} own={own}"
         if on_task:
-            on_task(f"b={b} prompt={prompt} own={own}", False, total)
-        profile.steps.append(step_point(llm, prompt_ids, b, prompt, own, salt=100 * i + len(profile.steps)))
+            on_task(name, False, None)
+        steps.append(to_store(step_point(llm, prompt_ids, b, q, prompt, own, salt=37 * len(steps) + q)))
         save_profile(profile, out)
-        done += 1
         if on_task:
-            on_task(f"b={b} prompt={prompt} own={own}", True, total)
-    for i, prompt in enumerate(todo_prefill):
-        ones = [request_seconds(llm, prompt_ids[1000 + 11 * (i * REPEATS + r):][:prompt], 1, 1) * 1e3
+            on_task(name, True, None)
+
+
+def measure_prefill(llm, prompt_ids: list[int], prompts: list[int]) -> list[PrefillCost]:
+    out = []
+    for i, prompt in enumerate(prompts):
+        ones = [request_cost(llm, prompt_ids[1000 + 11 * (i * REPEATS + r):][:prompt], 1, 1)[0] * 1e3
                 for r in range(REPEATS)]
-        profile.prefill.append(PrefillCost(prompt, round(statistics.median(ones), 4)))
-        save_profile(profile, out)
-        if on_task:
-            on_task(f"prefill {prompt}", True, total)
+        out.append(PrefillCost(prompt, round(statistics.median(ones), 4)))
+    return out
+
+
+def measure_vllm_device(profile, out, start, prompt_ids: list[int], grid: Grid, window: int, draft_info=None,
+                        on_task=None):
+    """Measure what `out` does not hold yet, saving after every point.  start(model, k) -> an LLM serving
+    "target" or "draft" alone (k = 0), or the target with the draft proposing k tokens per round; an
+    engine starts only when it has points left to measure (start shuts down the one before)."""
+    ks = [q - 1 for q in grid.query if q > 1] if draft_info else []
+    have = {(s.b, s.q, s.prompt, s.own) for s in profile.steps}
+    plain = [(b, 1, p, s) for b, p, s in vllm_points(grid, window) if (b, 1, p, s) not in have]
+    rounds = {k: [(b, k + 1, *grid.core) for b in grid.branches if (b, k + 1, *grid.core) not in have] for k in ks}
+    if draft_info and profile.draft is None:
+        profile.draft = DraftCosts(draft_info, [], [])
+    drafted = {(s.b, s.prompt, s.own): s.ms for s in profile.draft.steps} if profile.draft else {}
+    draft_todo = [(b, 1, *grid.core) for b in grid.branches if (b, *grid.core) not in drafted] if ks else []
+    prefills = [p for p in grid.prompt if p not in {x.prompt for x in profile.prefill}]
+    if on_task:
+        on_task("", False, len(plain) + len(draft_todo) + sum(map(len, rounds.values())))
+    if plain or prefills:
+        llm = start("target", 0)
+        measure_steps(profile, out, llm, profile.steps, plain, prompt_ids, on_task)
+        profile.prefill += measure_prefill(llm, prompt_ids, prefills)
+    if draft_todo or (ks and not profile.draft.prefill):
+        llm = start("draft", 0)
+        measure_steps(profile, out, llm, profile.draft.steps, draft_todo, prompt_ids, on_task)
+        profile.draft.prefill = profile.draft.prefill or measure_prefill(llm, prompt_ids, list(grid.prompt))
+    for k, todo in rounds.items():
+        if todo:
+            drafted = {(s.b, s.prompt, s.own): s.ms for s in profile.draft.steps}
+            llm = start("target", k)
+            measure_steps(profile, out, llm, profile.steps, todo, prompt_ids, on_task,
+                          lambda r: less_draft_steps(r, drafted[(r.b, r.prompt, r.own)], k))
+    if profile.draft:
+        profile.draft.round_overhead = [BatchCost(b, k, 0.0) for k in ks for b in grid.branches]  # inside the round
     profile.loop_overhead = [BatchCost(b, 0, 0.0) for b in grid.branches]  # inside the measured step
     save_profile(profile, out)
     return profile
