@@ -1,7 +1,17 @@
-"""Sampling transforms against direct definitions, and the sampler's distribution."""
-import torch
+"""Sampling transforms against direct definitions, and the sampler's distribution.  The GPU's sort-free
+top-p kernel runs in the Triton interpreter where there is no GPU."""
+import os
 
-from ttsplan.engine.sampling import SamplingParams, draw, nucleus, token_probs, uniforms
+import torch
+from scipy.stats import chisquare
+
+if not torch.cuda.is_available():
+    os.environ["TRITON_INTERPRET"] = "1"
+
+from ttsplan.engine.sampling import SamplingParams, draw, nucleus, token_probs, uniforms  # noqa: E402
+from ttsplan.kernels.sampling_triton import top_p_threshold  # noqa: E402
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def full_sort_nucleus(probs, top_p):
@@ -41,3 +51,41 @@ def test_draw_follows_the_distribution_and_skips_zeros():
     freq = torch.bincount(tokens, minlength=6).float() / len(tokens)
     assert freq[[0, 2, 5]].eq(0).all()
     assert torch.allclose(freq, probs[0], atol=0.015)
+
+
+def sort_free_nucleus(probs, top_p, cap=4096):
+    kept = probs * (probs >= top_p_threshold(probs, top_p, cap).unsqueeze(-1))
+    return kept / kept.sum(-1, keepdim=True)
+
+
+def test_sort_free_threshold_keeps_the_sorted_nucleus():
+    """Peaked to flat rows, with the bracket compacted at once (V <= cap) or after full-row passes."""
+    gen = torch.Generator().manual_seed(2)
+    for scale in (4.0, 2.0, 0.1):
+        for V, cap in ((3001, 4096), (5003, 256)):
+            probs = torch.softmax(torch.randn(3, V, generator=gen) * scale, -1)
+            for top_p in (0.5, 0.9, 0.99):
+                got = sort_free_nucleus(probs.to(DEVICE), top_p, cap).cpu()
+                assert torch.allclose(got, full_sort_nucleus(probs, top_p), atol=1e-6), (scale, V, top_p)
+
+
+def test_sort_free_sampling_draws_what_the_sort_draws():
+    """Chi-square of 40000 sort-free draws against the sorted nucleus; a threshold that is wrong by one
+    token (the nucleus of a slightly smaller top-p) fails the same test."""
+    gen = torch.Generator().manual_seed(3)
+    probs = torch.softmax(torch.randn(1, 400, generator=gen) * 2.5, -1)
+    top_p = 0.9
+    want = full_sort_nucleus(probs, top_p)[0]
+    support = want > 0
+    n, mass = int(support.sum()), probs[0].sort(descending=True).values.cumsum(0)
+    wrong_p = float(mass[n - 3] + mass[n - 2]) / 2
+    assert int((full_sort_nucleus(probs, wrong_p)[0] > 0).sum()) == n - 1
+    draws = 40000
+    u = uniforms(torch.Generator().manual_seed(4), draws)
+    for p, should_pass in ((top_p, True), (wrong_p, False)):
+        kept = sort_free_nucleus(probs.to(DEVICE), p).cpu().expand(draws, -1)
+        counts = torch.bincount(draw(kept, u), minlength=400).double()
+        assert counts[~support].sum() == 0 or not should_pass
+        expected = want[support].double() * draws
+        pvalue = chisquare(counts[support], expected * counts[support].sum() / expected.sum()).pvalue
+        assert (pvalue > 1e-3) == should_pass, (p, pvalue)

@@ -1,0 +1,96 @@
+"""Top-p without a sort: each row's nucleus threshold found by bisection over the probabilities' bits.
+
+The nucleus of top_p is every token whose probability p_i has less than top_p of the mass strictly
+above it, that is p_i >= t*, where t* is the largest probability value with mass(p >= t*) >= top_p.
+Non-negative floats order as their int32 bit patterns, so t* is found by bisecting the bit range
+[lo, hi) that holds it (mass(p >= lo) >= top_p > mass(p >= hi)): each pass over the row sums the mass
+in the upper half and snaps the new bracket to the nearest probability inside it, until one value is
+left.  Once at most CAP probabilities lie inside the bracket they are copied to a scratch row, and the
+remaining passes read only those.  One program per row, no host sync: it runs inside CUDA graphs.
+
+Tokens tied at t* are all kept (a sort keeps an arbitrary subset of them); otherwise the kept set is
+exactly the sorted definition's (sampling.nucleus on the CPU, tests/test_sampling.py).
+"""
+import torch
+import triton
+import triton.language as tl
+
+CAP = 4096     # bracket size below which the passes read a compacted copy instead of the row
+BLOCK = 2048
+
+
+@triton.jit
+def _split(ptr, n, lo, hi, mid, BLOCK: tl.constexpr):
+    """Over ptr[0:n], the values with bits in [lo, hi): mass and count of those >= mid, count of those
+    below it, the smallest bits at or above mid and the largest below it."""
+    mass = tl.zeros((), tl.float32)
+    n_up = tl.zeros((), tl.int32)
+    n_down = tl.zeros((), tl.int32)
+    min_up = hi
+    max_down = lo - 1
+    for start in range(0, n, BLOCK):
+        offs = start + tl.arange(0, BLOCK)
+        x = tl.load(ptr + offs, mask=offs < n, other=0.0)
+        b = x.to(tl.int32, bitcast=True)
+        inside = (offs < n) & (b >= lo) & (b < hi)
+        up = inside & (b >= mid)
+        down = inside & (b < mid)
+        mass += tl.sum(tl.where(up, x, 0.0), 0)
+        n_up += tl.sum(up.to(tl.int32), 0)
+        n_down += tl.sum(down.to(tl.int32), 0)
+        min_up = tl.minimum(min_up, tl.min(tl.where(up, b, hi), 0))
+        max_down = tl.maximum(max_down, tl.max(tl.where(down, b, lo - 1), 0))
+    return mass, n_up, n_down, min_up, max_down
+
+
+@triton.jit
+def _bisect(ptr, n, lo, hi, f_hi, count, top_p, stop_at, BLOCK: tl.constexpr):
+    """Narrow [lo, hi) over ptr[0:n] until one value is left or at most stop_at lie inside."""
+    while (hi - lo > 1) & (count > stop_at):
+        mid = lo + (hi - lo) // 2
+        mass, n_up, n_down, min_up, max_down = _split(ptr, n, lo, hi, mid, BLOCK)
+        if f_hi + mass >= top_p:   # t* >= mid: the smallest value there is the new lower end
+            lo = min_up
+            count = n_up
+        else:                      # t* < mid: the largest value below mid ends the bracket
+            hi = max_down + 1
+            f_hi = f_hi + mass
+            count = n_down
+    return lo, hi, f_hi, count
+
+
+@triton.jit
+def _top_p_threshold_kernel(P, stride, V, top_p, T, S, CAP: tl.constexpr, BLOCK: tl.constexpr):
+    row = tl.program_id(0)
+    p_row = P + row * stride
+    lo = tl.zeros((), tl.int32)
+    hi = tl.full((), 0x7F800000, tl.int32)  # +inf: above every probability
+    f_hi = tl.zeros((), tl.float32)
+    count = tl.full((), V, tl.int32)
+    lo, hi, f_hi, count = _bisect(p_row, V, lo, hi, f_hi, count, top_p, CAP, BLOCK)
+    if hi - lo > 1:  # at most CAP values left in the bracket: copy them out and bisect the copy
+        s_row = S + row * CAP
+        n = tl.zeros((), tl.int32)
+        for start in range(0, V, BLOCK):
+            offs = start + tl.arange(0, BLOCK)
+            x = tl.load(p_row + offs, mask=offs < V, other=0.0)
+            b = x.to(tl.int32, bitcast=True)
+            inside = (offs < V) & (b >= lo) & (b < hi)
+            at = n + tl.cumsum(inside.to(tl.int32), 0) - 1
+            tl.store(s_row + at, x, mask=inside)
+            n += tl.sum(inside.to(tl.int32), 0)
+        lo, hi, f_hi, count = _bisect(s_row, n, lo, hi, f_hi, count, top_p, 0, BLOCK)
+    tl.store(T + row, lo.to(tl.float32, bitcast=True))
+
+
+def top_p_threshold(probs: torch.Tensor, top_p: float, cap: int = CAP) -> torch.Tensor:
+    """probs [..., V] (float32, rows summing to 1) -> t* [...]: the nucleus is probs >= t*."""
+    V = probs.shape[-1]
+    rows = probs.reshape(-1, V)
+    if rows.stride(-1) != 1:
+        rows = rows.contiguous()
+    out = torch.empty(rows.shape[0], device=probs.device, dtype=torch.float32)
+    scratch = torch.empty(rows.shape[0], cap, device=probs.device, dtype=torch.float32)
+    _top_p_threshold_kernel[(rows.shape[0],)](rows, rows.stride(0), V, top_p, out, scratch, CAP=cap, BLOCK=BLOCK,
+                                              num_warps=8)
+    return out.view(probs.shape[:-1])
