@@ -116,14 +116,16 @@ def profile(
         from ttsplan.assets import dataset_file
         dataset_file(dataset)  # an unknown dataset fails before any model loads
     dev = torch.device(device)
+    branch_axis = tuple(int(b) for b in branches.split(",")) if branches else None
     if backend == "vllm":
-        if random_weights or draft or dataset:
-            raise TTSPlanError("--backend vllm profiles a real model's step costs only: no --random-weights, "
-                               "--draft (profile the pair on the relay engine) or --dataset")
+        if random_weights or dataset:
+            raise TTSPlanError("--backend vllm profiles a real model's step costs (and its draft's rounds) only: "
+                               "no --random-weights or --dataset")
         from ttsplan.measure.profile import profile_vllm_device
         with progress_bar() as progress:
             task = progress.add_task("vLLM step costs", total=None)
-            out = profile_vllm_device(model, dev, quick, out_dir, task_reporter(progress, task, "vLLM step costs"))
+            out = profile_vllm_device(model, draft, dev, quick, out_dir,
+                                      task_reporter(progress, task, "vLLM step costs"), branch_axis)
         console.print(f"device profile: {out}")
         return
     if backend != "relay":
@@ -133,8 +135,8 @@ def profile(
     name = random_weights or model
     if not skip_device:
         grid = default_grid(dev, quick)
-        if branches:
-            grid = replace(grid, branches=tuple(int(b) for b in branches.split(",")))
+        if branch_axis:
+            grid = replace(grid, branches=branch_axis)
         out = device_profile_path(out_dir, dev, name)
         with progress_bar() as progress:
             task = progress.add_task("step costs", total=None)

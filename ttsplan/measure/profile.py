@@ -9,7 +9,7 @@
 Both write under profiles/ (or --out-dir) atomically after every measured point or problem, and
 measure only what the files there do not hold yet.
 """
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
@@ -106,14 +106,15 @@ def profile_device(target, draft, engine, info: ModelInfo, draft_info, device: t
 
 
 def profile_vllm_device(model: str, draft: str | None, device: torch.device, quick: bool, out_dir: Path,
-                        on_task=None) -> Path:
+                        on_task=None, branches: tuple[int, ...] | None = None) -> Path:
     """Measure (or finish measuring) the device profile of `model` served by vLLM, with `draft`
-    proposing for it when given."""
+    proposing for it when given; `branches` overrides the grid's live-branch axis."""
     from ttsplan.assets import resolve_model
     from ttsplan.backends.vllm import start_llm, stop_llm
     from ttsplan.measure.vllm_step_cost import VLLM_GRIDS, measure_vllm_device
     from transformers import AutoTokenizer
     grid = VLLM_GRIDS[(device.type, quick)]
+    grid = replace(grid, branches=branches) if branches else grid
     paths = {"target": resolve_model(model), "draft": resolve_model(draft) if draft else None}
     cfg = ModelConfig.load(paths["target"])
     window = max(grid.prompt) + 2 * max(grid.own) + 64
