@@ -295,10 +295,10 @@ def timing_table(stats, latency_s: float, peak_bw: float, predicted: dict | None
 
 def spec_table(spec) -> Table:
     table = Table(title=f"speculative decoding, draft length {spec.draft_len}")
-    for col in ("rounds", "tokens/round", "acceptance", "per position", "draft s", "verify s"):
+    for col in ("rounds", "tokens/round", "acceptance", "per position"):
         table.add_column(col, justify="right")
     table.add_row(str(spec.rounds), f"{spec.tokens_per_round:.2f}", f"{spec.overall_acceptance:.2f}",
-                  " ".join(f"{a:.2f}" for a in spec.acceptance), f"{spec.draft_s:.2f}", f"{spec.verify_s:.2f}")
+                  " ".join(f"{a:.2f}" for a in spec.acceptance))
     return table
 
 

@@ -58,14 +58,14 @@ def chi_square_p(a, b, pos):
     return chi2_contingency(table).pvalue
 
 
-def resample_from_target_on_rejection(p, q, drafts, gen):
+def resample_from_target_on_rejection(p, q, drafts, u):
     """A classic bug: draws the replacement from p instead of the residual max(0, p - q)."""
-    n_acc, _ = ACCEPT(p, q, drafts, gen)
+    n_acc, _ = ACCEPT(p, q, drafts, u)
     k = drafts.shape[1]
     at = n_acc.clamp(max=k - 1)
     rows = torch.arange(len(n_acc))
     final = torch.where((n_acc == k).unsqueeze(-1), p[:, k], p[rows, at])
-    return n_acc, draw(final, uniforms(gen, final.shape[0]))
+    return n_acc, draw(final, u[:, k])
 
 
 ACCEPT = speculative.accept_drafts
@@ -147,6 +147,6 @@ def test_given_acceptance_replaces_the_models_own(smol):
             for rates in ((0.0,), (1.0,))}
     assert runs[(0.0,)].overall_acceptance == 0.0 and runs[(1.0,)].overall_acceptance == 1.0
     gen = torch.Generator().manual_seed(0)
-    n = speculative.given_accepts((0.9, 0.5), 200_000, 2, gen, "cpu")
+    n = speculative.given_accepts(speculative.acceptance_rates((0.9, 0.5), 2, "cpu"), uniforms(gen, 200_000, 2))
     assert abs((n >= 1).float().mean().item() - 0.9) < 0.005
     assert abs((n == 2).sum().item() / (n >= 1).sum().item() - 0.5) < 0.005

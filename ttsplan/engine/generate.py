@@ -100,20 +100,26 @@ class Request:
         self.stats.new_tokens += 1
         return True
 
-    def compact(self, caches: list[KVCache], stop=None) -> bool:
-        """Drop finished branches' rows from every cache; False when no branch is left to decode.
-        stop(branches) -> True ends the request early: the unfinished branches are marked 'stopped'."""
+    def compact(self, caches: list[KVCache], stop=None) -> list[int]:
+        """Drop finished branches' rows from every cache; returns the rows kept (their indices before),
+        empty when no branch is left to decode.  stop(branches) -> True ends the request early: the
+        unfinished branches are marked 'stopped'."""
         keep = [r for r, b in enumerate(self.rows) if not self.branches[b].finish]
         if keep and stop is not None and len(keep) < len(self.rows) and stop(self.branches):
             for r in keep:
                 self.branches[self.rows[r]].finish = "stopped"
             keep = []
-        if not keep:
-            return False
-        for cache in caches:
-            cache.keep_rows(keep)
-        self.rows = [self.rows[r] for r in keep]
-        return True
+        if keep and len(keep) < len(self.rows):
+            upto = max(len(self.branches[self.rows[r]].tokens) for r in keep)  # no cache holds more
+            for cache in caches:
+                cache.keep_rows(keep, upto)
+            self.rows = [self.rows[r] for r in keep]
+        return keep
+
+
+def select_rows(x: torch.Tensor, keep: list[int]) -> torch.Tensor:
+    """x's rows `keep` (all of x when keep is every row)."""
+    return x if len(keep) == x.shape[0] else x[torch.tensor(keep, device=x.device)]
 
 
 def start_request(model: Transformer, prompt: list[int], n: int, params: SamplingParams, eos_ids: set[int],
@@ -153,12 +159,9 @@ def generate(model: Transformer, prompt: list[int], n: int, params: SamplingPara
     stats.capture_s = time.perf_counter() - t0
     captured_before = getattr(step, "capture_s", 0.0)
     t0 = time.perf_counter()
-    while True:
-        live = [r for r, b in enumerate(request.rows) if not request.branches[b].finish]
-        if not request.compact([cache], stop):
-            break
-        last = tokens[torch.tensor(live, device=tokens.device)].view(-1, 1)
-        B = len(request.rows)
+    while keep := request.compact([cache], stop):
+        last = select_rows(tokens, keep).view(-1, 1)
+        B = len(keep)
         stats.bytes_read += step_bytes(cfg, cache.prefix_len, sum(len(request.branches[b].tokens) for b in request.rows),
                                        model.dtype)
         tokens, logprobs, confs = step(last, uniforms(request.gen, B))

@@ -65,13 +65,14 @@ class KVCache:
                    zeros(branches, hkv, suffix_capacity, d), zeros(branches, hkv, suffix_capacity, d),
                    torch.zeros(branches, dtype=torch.long, device=device), branches)
 
-    def keep_rows(self, keep: list[int]) -> None:
-        """Compact: the live rows become `keep` (indices of current live rows), in that order."""
-        if keep == list(range(self.live)):
-            return
-        idx = torch.tensor(keep, dtype=torch.long, device=self.lens.device)
-        n = len(keep)
-        for buf in (*self.suffix_k, *self.suffix_v):
-            buf[:n] = buf[idx]
-        self.lens[:n] = self.lens[idx].clone()
-        self.live = n
+    def keep_rows(self, keep: list[int], upto: int | None = None) -> None:
+        """Compact: the live rows become `keep` (indices of current live rows, ascending), in that order.
+        Only the rows that move are copied, and only their first `upto` tokens (all of them: None)."""
+        moved = [(dst, src) for dst, src in enumerate(keep) if dst != src]
+        if moved:
+            dst, src = (torch.tensor(x, dtype=torch.long, device=self.lens.device) for x in zip(*moved))
+            span = slice(0, upto)
+            for buf in (*self.suffix_k, *self.suffix_v):
+                buf[dst, :, span] = buf[src, :, span]
+            self.lens[dst] = self.lens[src]
+        self.live = len(keep)

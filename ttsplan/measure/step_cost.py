@@ -2,7 +2,8 @@
 
   decode step (q = 1)  the engine's decoder: forward + sampling, replayed from a CUDA graph on a GPU
   verify (q = k + 1)   speculative.verify: the target over k + 1 tokens per branch + the acceptance rule
-  draft step           speculative.draft_step: the draft's proposal, q = 1
+                       (a CUDA graph on a GPU, as inside the engine's graph-replayed round)
+  draft step           speculative.draft_step: the draft's proposal, q = 1 (a CUDA graph on a GPU)
   prefill              Transformer.prefill of the prompt
   capture              GraphDecoder's capture of one batch bucket (GPU; once per request and bucket)
   loop overhead        a real generate() loop's time per step beyond its steps: host bookkeeping
@@ -97,6 +98,16 @@ def timed(fn, device: torch.device, warmup: int, repeats: int, budget_s: float,
     return statistics.median(times), pick(0.1), pick(0.9), len(times)
 
 
+def replayed(step, caches: list[KVCache]):
+    """step(static) as the engine runs it inside a round: replayed from a CUDA graph on a GPU."""
+    if not caches[0].lens.is_cuda:
+        return step
+    from ttsplan.engine.cuda_graphs import GraphSet
+    graphs = GraphSet(caches)
+    graphs.capture(0, lambda: step(static=True))
+    return lambda: graphs.replay(0, None)
+
+
 def capacity_for(own: int, q: int) -> int:
     """The own-token capacity a point's cache gets: a request's max_new_tokens, which the engine's graphs
     span (relay attention launches splits over the whole capacity), is typically a few hundred tokens
@@ -158,7 +169,9 @@ def step_point(model: Transformer, caches: PromptCaches, b: int, q: int, prompt:
     else:
         drafts = tokens[:, 1:]
         dist = token_probs(torch.randn(b, q - 1, model.cfg.vocab_size, device=dev, generator=gen) * 4, TIMING_PARAMS)
-        fn = lambda: verify(model, cache, tokens[:, :1], drafts, dist, TIMING_PARAMS, gen)
+        u = torch.rand(b, q, device=dev, generator=gen)
+        fn = replayed(lambda static=False: verify(model, cache, tokens[:, :1], drafts, dist, TIMING_PARAMS, u,
+                                                  static=static), [cache])
     ms, p10, p90, n = timed(fn, dev, warmup=3 if dev.type == "cuda" else 1, repeats=repeats, budget_s=budget_s)
     return StepCost(b, q, prompt, own, round(ms, 4), round(p10, 4), round(p90, 4), n)
 
@@ -169,10 +182,13 @@ def draft_point(draft: Transformer, caches: PromptCaches, b: int, prompt: int, o
     cache = caches.cache(prompt, b, own)
     gen = torch.Generator(device=dev).manual_seed(0)
     feed = torch.tensor(caches.prompt_ids[:b], device=dev).view(b, 1)
+    u = torch.rand(b, device=dev, generator=gen)
 
-    def fn():
-        draft_step(draft, cache, feed, TIMING_PARAMS, gen)
+    def step(static=False):
+        out = draft_step(draft, cache, feed, TIMING_PARAMS, u, static)
         cache.lens[:b] -= 1  # uncommit: every repeat runs at the same length
+        return out
+    fn = replayed(step, [cache])
     ms, p10, p90, n = timed(fn, dev, warmup=3 if dev.type == "cuda" else 1, repeats=repeats, budget_s=budget_s,
                             back_to_back=4 if dev.type == "cuda" else 1)
     return StepCost(b, 1, prompt, own, round(ms, 4), round(p10, 4), round(p90, 4), n)

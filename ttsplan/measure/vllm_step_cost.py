@@ -23,7 +23,7 @@ from ttsplan.measure.step_cost import Grid
 
 # query: 1, and k + 1 for each draft length k measured when a draft is given (at the core point)
 VLLM_GRIDS = {
-    ("cpu", False): Grid((1, 2, 4, 8, 16), (1, 2, 3, 5), (128, 1024), (16, 48), (128, 48)),
+    ("cpu", False): Grid((1, 4, 16), (1, 2, 3, 5), (128, 1024), (24,), (128, 24)),
     ("cpu", True): Grid((1, 4), (1, 3), (128,), (8,), (128, 8)),
     ("cuda", False): Grid((1, 2, 4, 8, 16, 32, 64, 128), (1, 2, 3, 5, 9), (128, 1024, 8192), (64, 256), (1024, 256)),
     ("cuda", True): Grid((1, 8, 64), (1, 5), (512,), (64,), (512, 64)),

@@ -1,0 +1,176 @@
+"""Speculative decoding on the GPU, in one run (the device machine): sampling, rounds, speedups, end to end.
+
+    python benchmarks/gpu_speculative.py [--quick]
+
+Random weights of the Qwen2.5 shapes, bf16; acceptance drawn per position from the CPU task profile
+of the real qwen2.5-coder 0.5b -> 1.5b pair (the timing mode with given acceptance), since random
+weights accept at rates that mean nothing.  Tables:
+  sampling   softmax + top-p + draw per step, the old full sort against the sort-free kernel
+  rounds     a real round (graph-replayed, host commit included) against the sum of its parts replayed
+             alone (k draft steps, one verification); speedup over the target alone beside the
+             speedup those parts and the acceptance predict: tau x step / (k draft + verify)
+  e2e        a 512-token prompt, 8 x 256 tokens, with the draft and without
+"""
+import argparse
+import statistics
+import time
+
+import torch
+import triton
+import triton.testing
+from rich.table import Table
+
+from common import emit, today
+from ttsplan.engine.config import ModelConfig
+from ttsplan.engine.generate import generate
+from ttsplan.engine.model import Transformer
+from ttsplan.engine.sampling import SamplingParams, draw, token_probs
+from ttsplan.engine.speculative import generate_speculative
+from ttsplan.hardware import copy_bandwidth
+from ttsplan.measure.profiles import PROFILES, load_task_profile
+from ttsplan.measure.step_cost import PromptCaches, draft_point, step_point
+
+DEV = torch.device("cuda")
+BF16 = torch.bfloat16
+PROMPT, NEW = 512, 256
+PARAMS = SamplingParams(temperature=0.7, top_p=0.95, max_new_tokens=NEW, ignore_eos=True)
+
+
+def cpu_pair_acceptance() -> tuple[float, ...]:
+    task = load_task_profile(PROFILES / "tasks" / "qwen2.5-coder-1.5b-gsm8k" / "task.yaml")
+    return tuple(next(a.per_position for a in task.acceptance if a.temperature == PARAMS.temperature))
+
+
+def tokens_per_round(rates: tuple[float, ...], k: int) -> float:
+    """1 + sum_i prod_{j <= i} a_j: the expected tokens a branch emits per round."""
+    tau, run = 1.0, 1.0
+    for i in range(k):
+        run *= rates[min(i, len(rates) - 1)]
+        tau += run
+    return tau
+
+
+def sorted_probs(logits: torch.Tensor, top_p: float) -> torch.Tensor:
+    """The full-vocabulary sort the engine used before the sort-free kernel."""
+    probs = torch.softmax(logits.float() / PARAMS.temperature, -1)
+    top, order = probs.sort(dim=-1, descending=True)
+    top = top.masked_fill(top.cumsum(-1) - top >= top_p, 0.0)
+    kept = torch.zeros_like(probs).scatter_(-1, order, top)
+    return kept / kept.sum(-1, keepdim=True)
+
+
+def sampling_table() -> Table:
+    V = ModelConfig.shipped("qwen2.5-1.5b").vocab_size
+    table = Table(title=f"sampling per step (softmax, top-p {PARAMS.top_p}, draw), vocabulary {V}, graph-replayed")
+    for col in ("rows", "logits", "nucleus size", "full sort ms", "sort-free ms", "speedup"):
+        table.add_column(col, justify="right")
+    gen = torch.Generator(device=DEV).manual_seed(0)
+    for rows in (1, 64, 320):
+        for name, scale in (("peaked (N(0, 3))", 3.0), ("flat (random weights)", 0.6)):
+            logits = torch.randn(rows, V, device=DEV, generator=gen) * scale
+            u = torch.rand(rows, device=DEV, generator=gen)
+            size = int((token_probs(logits, PARAMS) > 0).sum(-1).float().median())
+            t_sort = triton.testing.do_bench_cudagraph(lambda: draw(sorted_probs(logits, PARAMS.top_p), u), rep=100)
+            t_free = triton.testing.do_bench_cudagraph(lambda: draw(token_probs(logits, PARAMS), u), rep=100)
+            table.add_row(str(rows), name, str(size), f"{t_sort:.3f}", f"{t_free:.3f}", f"{t_sort / t_free:.1f}x")
+    return table
+
+
+def timed_generation(fn) -> tuple[float, object]:
+    """fn() once untimed (kernels compile, graphs capture), then once timed: (decode seconds, result)."""
+    fn()
+    torch.cuda.synchronize()
+    result = fn()
+    return result[1].decode_s, result
+
+
+def rounds_table(rates, quick: bool) -> Table:
+    table = Table(title=f"speculative rounds: {PROMPT}-token prompt, {NEW} tokens per branch, bf16, acceptance "
+                        f"per position from the CPU profile of the real pair ({' '.join(f'{a:.2f}' for a in rates[:4])} ...)")
+    for col in ("pair", "N", "k", "round ms", "parts ms", "round / parts", "target tok/s", "with draft tok/s",
+                "speedup", "predicted", "achieved / predicted"):
+        table.add_column(col, justify="right")
+    d_cfg = ModelConfig.shipped("qwen2.5-0.5b")
+    draft = Transformer.random(d_cfg, DEV, BF16, seed=1)
+    prompt = torch.randint(0, d_cfg.vocab_size, (PROMPT + 1024,), generator=torch.Generator().manual_seed(0)).tolist()
+    for shape in ("qwen2.5-1.5b",) if quick else ("qwen2.5-1.5b", "qwen2.5-7b"):
+        pair_rows(table, shape, draft, prompt, rates, quick)
+        torch.cuda.empty_cache()
+    return table
+
+
+def pair_rows(table: Table, shape: str, draft: Transformer, prompt: list[int], rates, quick: bool) -> None:
+    target = Transformer.random(ModelConfig.shipped(shape), DEV, BF16, seed=0)
+    t_caches, d_caches = PromptCaches(target, prompt), PromptCaches(draft, prompt)
+    for n in (1, 8) if quick else (1, 8, 32, 64):
+        _, (_, plain) = timed_generation(lambda: generate(target, prompt[:PROMPT], n, PARAMS, set()))
+        mid = NEW // 2
+        step_ms = step_point(target, t_caches, n, 1, PROMPT, mid, 15, 0.6).ms
+        draft_ms = draft_point(draft, d_caches, n, PROMPT, mid, 15, 0.6).ms
+        for k in (1, 4) if quick else (1, 2, 4, 8):
+            spec_s, (_, stats, spec) = timed_generation(lambda: generate_speculative(
+                target, draft, prompt[:PROMPT], n, PARAMS, set(), draft_len=k, acceptance=rates))
+            parts = k * draft_ms + step_point(target, t_caches, n, k + 1, PROMPT, mid, 15, 0.6).ms
+            round_ms = spec_s * 1e3 / spec.rounds
+            speedup = stats.tokens_per_s / plain.tokens_per_s
+            predicted = tokens_per_round(rates, k) * step_ms / parts
+            table.add_row(f"0.5b -> {shape.split('-')[1]}", str(n), str(k), f"{round_ms:.2f}", f"{parts:.2f}",
+                          f"{round_ms / parts:.2f}", f"{plain.tokens_per_s:.0f}", f"{stats.tokens_per_s:.0f}",
+                          f"{speedup:.2f}x", f"{predicted:.2f}x", f"{speedup / predicted:.2f}")
+        table.add_section()
+
+
+def end_to_end_table(rates) -> Table:
+    target = Transformer.random(ModelConfig.shipped("qwen2.5-1.5b"), DEV, BF16, seed=0)
+    draft = Transformer.random(ModelConfig.shipped("qwen2.5-0.5b"), DEV, BF16, seed=1)
+    prompt = torch.randint(0, target.cfg.vocab_size, (PROMPT,), generator=torch.Generator().manual_seed(0)).tolist()
+    n = 8
+    table = Table(title=f"end to end, qwen2.5-1.5b shape bf16, {PROMPT}-token prompt, {n} branches x {NEW} tokens; "
+                        f"draft qwen2.5-0.5b shape at the CPU pair's acceptance")
+    for col in ("engine", "draft length", "wall s (median of 3)", "prefill s", "graph capture s", "decode tok/s",
+                "speedup"):
+        table.add_column(col, justify="right")
+    runs = [("ttsplan, target alone", 0)] + [("ttsplan, with draft", k) for k in (2, 4)]
+    base = None
+    for name, k in runs:
+        def run(seed):
+            params = SamplingParams(**{**PARAMS.__dict__, "seed": seed})
+            if k:
+                return generate_speculative(target, draft, prompt, n, params, set(), draft_len=k, acceptance=rates)[:2]
+            return generate(target, prompt, n, params, set())
+        run(0)
+        walls = []
+        for seed in range(3):
+            torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            _, stats = run(seed)
+            torch.cuda.synchronize()
+            walls.append(time.perf_counter() - t0)
+        wall = statistics.median(walls)
+        base = base or wall
+        table.add_row(name, str(k or "-"), f"{wall:.3f}", f"{stats.prefill_s:.3f}", f"{stats.capture_s:.3f}",
+                      f"{stats.tokens_per_s:.0f}", f"{base / wall:.2f}x")
+    return table
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--only", choices=["sampling", "rounds", "e2e"], nargs="*")
+    args = ap.parse_args()
+    only = set(args.only or ["sampling", "rounds", "e2e"])
+    bw = copy_bandwidth(DEV, nbytes=1 << 30)
+    header = (f"{torch.cuda.get_device_name()}, copy bandwidth {bw / 1e12:.2f} TB/s (measured in this run), "
+              f"torch {torch.__version__}, triton {triton.__version__}, {today()}")
+    print(header)
+    rates = cpu_pair_acceptance()
+    if "sampling" in only:
+        emit(sampling_table(), "gpu_sampling", header)
+    if "rounds" in only:
+        emit(rounds_table(rates, args.quick), "gpu_speculative_rounds", header)
+    if "e2e" in only:
+        emit(end_to_end_table(rates), "gpu_speculative_end_to_end", header)
+
+
+if __name__ == "__main__":
+    main()
