@@ -24,7 +24,7 @@ from common import emit, today
 from ttsplan.engine.config import ModelConfig
 from ttsplan.engine.generate import generate
 from ttsplan.engine.model import Transformer
-from ttsplan.engine.sampling import SamplingParams, draw, token_probs
+from ttsplan.engine.sampling import SORT_FREE_MIN_ROWS, SamplingParams, draw, nucleus_sort_free
 from ttsplan.engine.speculative import generate_speculative
 from ttsplan.hardware import copy_bandwidth
 from ttsplan.measure.profiles import PROFILES, load_task_profile
@@ -50,29 +50,38 @@ def tokens_per_round(rates: tuple[float, ...], k: int) -> float:
     return tau
 
 
-def sorted_probs(logits: torch.Tensor, top_p: float) -> torch.Tensor:
-    """The full-vocabulary sort the engine used before the sort-free kernel."""
-    probs = torch.softmax(logits.float() / PARAMS.temperature, -1)
+def sorted_nucleus(probs: torch.Tensor, top_p: float) -> torch.Tensor:
+    """The full-vocabulary sort (sampling.nucleus below SORT_FREE_MIN_ROWS rows on a GPU)."""
     top, order = probs.sort(dim=-1, descending=True)
     top = top.masked_fill(top.cumsum(-1) - top >= top_p, 0.0)
     kept = torch.zeros_like(probs).scatter_(-1, order, top)
     return kept / kept.sum(-1, keepdim=True)
 
 
+def sampled(logits: torch.Tensor, u: torch.Tensor, sort_free: bool) -> torch.Tensor:
+    """softmax at the temperature, the top-p nucleus (sorted, or the threshold kernel), the draw."""
+    probs = torch.softmax(logits / PARAMS.temperature, -1)
+    return draw((nucleus_sort_free if sort_free else sorted_nucleus)(probs, PARAMS.top_p), u)
+
+
 def sampling_table() -> Table:
     V = ModelConfig.shipped("qwen2.5-1.5b").vocab_size
-    table = Table(title=f"sampling per step (softmax, top-p {PARAMS.top_p}, draw), vocabulary {V}, graph-replayed")
-    for col in ("rows", "logits", "nucleus size", "full sort ms", "sort-free ms", "speedup"):
+    table = Table(title=f"sampling per step (softmax, top-p {PARAMS.top_p}, draw), vocabulary {V}, graph-replayed; "
+                        f"the engine takes the kernel from {SORT_FREE_MIN_ROWS} rows on")
+    for col in ("rows", "logits", "nucleus size", "softmax alone ms", "full sort ms", "sort-free ms", "speedup"):
         table.add_column(col, justify="right")
     gen = torch.Generator(device=DEV).manual_seed(0)
-    for rows in (1, 64, 320):
+    for rows in (1, 8, 16, 32, 64, 320):
         for name, scale in (("peaked (N(0, 3))", 3.0), ("flat (random weights)", 0.6)):
             logits = torch.randn(rows, V, device=DEV, generator=gen) * scale
             u = torch.rand(rows, device=DEV, generator=gen)
-            size = int((token_probs(logits, PARAMS) > 0).sum(-1).float().median())
-            t_sort = triton.testing.do_bench_cudagraph(lambda: draw(sorted_probs(logits, PARAMS.top_p), u), rep=100)
-            t_free = triton.testing.do_bench_cudagraph(lambda: draw(token_probs(logits, PARAMS), u), rep=100)
-            table.add_row(str(rows), name, str(size), f"{t_sort:.3f}", f"{t_free:.3f}", f"{t_sort / t_free:.1f}x")
+            size = int((nucleus_sort_free(torch.softmax(logits / PARAMS.temperature, -1), PARAMS.top_p) > 0)
+                       .sum(-1).float().median())
+            soft = triton.testing.do_bench_cudagraph(lambda: torch.softmax(logits / PARAMS.temperature, -1), rep=100)
+            t_sort = triton.testing.do_bench_cudagraph(lambda: sampled(logits, u, False), rep=100)
+            t_free = triton.testing.do_bench_cudagraph(lambda: sampled(logits, u, True), rep=100)
+            table.add_row(str(rows), name, str(size), f"{soft:.3f}", f"{t_sort:.3f}", f"{t_free:.3f}",
+                          f"{t_sort / t_free:.2f}x")
     return table
 
 

@@ -3,7 +3,7 @@
 The nucleus of top_p is every token whose probability p_i has less than top_p of the mass strictly
 above it, that is p_i >= t*, where t* is the largest probability value with mass(p >= t*) >= top_p.
 Non-negative floats order as their int32 bit patterns, so t* is found by bisecting the bit range
-[lo, hi) that holds it (mass(p >= lo) >= top_p > mass(p >= hi)): each pass over the row sums the mass
+[lo, hi) that holds it (from (1 - top_p) / 2V, below which too little mass lies, to just above 1) (mass(p >= lo) >= top_p > mass(p >= hi)): each pass over the row sums the mass
 in the upper half and snaps the new bracket to the nearest probability inside it, until one value is
 left.  Once at most CAP probabilities lie inside the bracket they are copied to a scratch row, and the
 remaining passes read only those.  One program per row, no host sync: it runs inside CUDA graphs.
@@ -11,23 +11,27 @@ remaining passes read only those.  One program per row, no host sync: it runs in
 Tokens tied at t* are all kept (a sort keeps an arbitrary subset of them); otherwise the kept set is
 exactly the sorted definition's (sampling.nucleus on the CPU, tests/test_sampling.py).
 """
+import struct
+
 import torch
 import triton
 import triton.language as tl
 
 CAP = 4096     # bracket size below which the passes read a compacted copy instead of the row
-BLOCK = 2048
+BLOCK = 1024
+NUM_WARPS = 8
 
 
 @triton.jit
 def _split(ptr, n, lo, hi, mid, BLOCK: tl.constexpr):
     """Over ptr[0:n], the values with bits in [lo, hi): mass and count of those >= mid, count of those
-    below it, the smallest bits at or above mid and the largest below it."""
-    mass = tl.zeros((), tl.float32)
-    n_up = tl.zeros((), tl.int32)
-    n_down = tl.zeros((), tl.int32)
-    min_up = hi
-    max_down = lo - 1
+    below it, the smallest bits at or above mid and the largest below it.  Accumulated per lane and
+    reduced once, after the pass."""
+    mass = tl.zeros((BLOCK,), tl.float32)
+    n_up = tl.zeros((BLOCK,), tl.int32)
+    n_down = tl.zeros((BLOCK,), tl.int32)
+    min_up = tl.zeros((BLOCK,), tl.int32) + hi
+    max_down = tl.zeros((BLOCK,), tl.int32) + (lo - 1)
     for start in range(0, n, BLOCK):
         offs = start + tl.arange(0, BLOCK)
         x = tl.load(ptr + offs, mask=offs < n, other=0.0)
@@ -35,12 +39,12 @@ def _split(ptr, n, lo, hi, mid, BLOCK: tl.constexpr):
         inside = (offs < n) & (b >= lo) & (b < hi)
         up = inside & (b >= mid)
         down = inside & (b < mid)
-        mass += tl.sum(tl.where(up, x, 0.0), 0)
-        n_up += tl.sum(up.to(tl.int32), 0)
-        n_down += tl.sum(down.to(tl.int32), 0)
-        min_up = tl.minimum(min_up, tl.min(tl.where(up, b, hi), 0))
-        max_down = tl.maximum(max_down, tl.max(tl.where(down, b, lo - 1), 0))
-    return mass, n_up, n_down, min_up, max_down
+        mass += tl.where(up, x, 0.0)
+        n_up += up.to(tl.int32)
+        n_down += down.to(tl.int32)
+        min_up = tl.minimum(min_up, tl.where(up, b, hi))
+        max_down = tl.maximum(max_down, tl.where(down, b, lo - 1))
+    return tl.sum(mass, 0), tl.sum(n_up, 0), tl.sum(n_down, 0), tl.min(min_up, 0), tl.max(max_down, 0)
 
 
 @triton.jit
@@ -60,11 +64,11 @@ def _bisect(ptr, n, lo, hi, f_hi, count, top_p, stop_at, BLOCK: tl.constexpr):
 
 
 @triton.jit
-def _top_p_threshold_kernel(P, stride, V, top_p, T, S, CAP: tl.constexpr, BLOCK: tl.constexpr):
+def _top_p_threshold_kernel(P, stride, V, top_p, lowest_bits, T, S, CAP: tl.constexpr, BLOCK: tl.constexpr):
     row = tl.program_id(0)
     p_row = P + row * stride
-    lo = tl.zeros((), tl.int32)
-    hi = tl.full((), 0x7F800000, tl.int32)  # +inf: above every probability
+    lo = tl.zeros((), tl.int32) + lowest_bits
+    hi = tl.full((), 0x3F800001, tl.int32)  # just above 1.0: above every probability
     f_hi = tl.zeros((), tl.float32)
     count = tl.full((), V, tl.int32)
     lo, hi, f_hi, count = _bisect(p_row, V, lo, hi, f_hi, count, top_p, CAP, BLOCK)
@@ -91,6 +95,9 @@ def top_p_threshold(probs: torch.Tensor, top_p: float, cap: int = CAP) -> torch.
         rows = rows.contiguous()
     out = torch.empty(rows.shape[0], device=probs.device, dtype=torch.float32)
     scratch = torch.empty(rows.shape[0], cap, device=probs.device, dtype=torch.float32)
-    _top_p_threshold_kernel[(rows.shape[0],)](rows, rows.stride(0), V, top_p, out, scratch, CAP=cap, BLOCK=BLOCK,
-                                              num_warps=8)
+    # Below (1 - top_p) / V lies less than 1 - top_p of the mass, so t* is above it: start there (halved
+    # for the float sums' rounding), not at 0.
+    lowest_bits = struct.unpack("<i", struct.pack("<f", 0.5 * (1.0 - top_p) / V))[0]
+    _top_p_threshold_kernel[(rows.shape[0],)](rows, rows.stride(0), V, top_p, lowest_bits, out, scratch, CAP=cap,
+                                              BLOCK=BLOCK, num_warps=NUM_WARPS)
     return out.view(probs.shape[:-1])

@@ -8,7 +8,7 @@ from scipy.stats import chisquare
 if not torch.cuda.is_available():
     os.environ["TRITON_INTERPRET"] = "1"
 
-from ttsplan.engine.sampling import SamplingParams, draw, nucleus, token_probs, uniforms  # noqa: E402
+from ttsplan.engine.sampling import SamplingParams, draw, nucleus, nucleus_sort_free, token_probs, uniforms  # noqa: E402
 from ttsplan.kernels.sampling_triton import top_p_threshold  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -83,7 +83,7 @@ def test_sort_free_sampling_draws_what_the_sort_draws():
     draws = 40000
     u = uniforms(torch.Generator().manual_seed(4), draws)
     for p, should_pass in ((top_p, True), (wrong_p, False)):
-        kept = sort_free_nucleus(probs.to(DEVICE), p).cpu().expand(draws, -1)
+        kept = nucleus_sort_free(probs.to(DEVICE), p).cpu().expand(draws, -1)
         counts = torch.bincount(draw(kept, u), minlength=400).double()
         assert counts[~support].sum() == 0 or not should_pass
         expected = want[support].double() * draws

@@ -41,20 +41,23 @@ def token_probs(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
     return nucleus(probs, params.top_p) if params.top_p < 1.0 else probs
 
 
+SORT_FREE_MIN_ROWS = 32  # on a GPU: below this many rows the sort is faster (benchmarks/gpu_speculative.py)
+
+
 def nucleus(probs: torch.Tensor, top_p: float, candidates: tuple[int, ...] = (1024, 16384)) -> torch.Tensor:
     """Keep the smallest set of most likely tokens whose mass reaches top_p, renormalized.
 
-    Nothing sorts the whole vocabulary (70 ms for 8 x 152k on a 2-core CPU, 1.4 ms for 64 rows on an
-    H100).  On a GPU the threshold comes from a bisection kernel (kernels/sampling_triton.py), with no
-    host sync, so it runs inside CUDA graphs.  On the CPU the nucleus lies inside the top-k tokens
-    whenever their mass already reaches top_p: a few growing k are tried first, and everything is
-    sorted only when none suffices.
+    On a GPU, with no host sync (the form CUDA graphs capture): from SORT_FREE_MIN_ROWS rows on (a
+    verification scores b x (k + 1) of them) the threshold comes from a bisection kernel
+    (kernels/sampling_triton.py), 2-4x faster than sorting 152k tokens per row on an H100; below
+    that the sort is faster and is kept.  On the CPU, where sorting 8 x 152k takes 70 ms on 2 cores,
+    the nucleus lies inside the top-k tokens whenever their mass already reaches top_p: a few
+    growing k are tried first, and everything is sorted only when none suffices.
     """
-    if probs.is_cuda:
-        from ttsplan.kernels.sampling_triton import top_p_threshold
-        kept = probs.masked_fill(probs < top_p_threshold(probs, top_p).unsqueeze(-1), 0.0)
-        return kept / kept.sum(-1, keepdim=True)
-    for k in candidates:
+    rows = probs.numel() // probs.shape[-1]
+    if probs.is_cuda and rows >= SORT_FREE_MIN_ROWS:
+        return nucleus_sort_free(probs, top_p)
+    for k in () if probs.is_cuda else candidates:
         if k < probs.shape[-1]:
             top, order = probs.topk(k, dim=-1)
             if bool((top.sum(-1) >= top_p).all()):
@@ -64,6 +67,13 @@ def nucleus(probs: torch.Tensor, top_p: float, candidates: tuple[int, ...] = (10
     before = top.cumsum(-1) - top  # mass strictly above each token
     top = top.masked_fill(before >= top_p, 0.0)
     kept = torch.zeros_like(probs).scatter_(-1, order, top)
+    return kept / kept.sum(-1, keepdim=True)
+
+
+def nucleus_sort_free(probs: torch.Tensor, top_p: float) -> torch.Tensor:
+    """nucleus() through the threshold kernel (a GPU, or the Triton interpreter)."""
+    from ttsplan.kernels.sampling_triton import top_p_threshold
+    kept = probs.masked_fill(probs < top_p_threshold(probs, top_p).unsqueeze(-1), 0.0)
     return kept / kept.sum(-1, keepdim=True)
 
 
