@@ -98,9 +98,10 @@ class GraphRound:
     for the first B rows of both caches, replayed from a graph.
 
     A round's graph holds k + 1 forward passes and takes about 0.1 s to capture, as long as dozens of
-    rounds: the first round (one-token feed, run once per request) runs eagerly, and a shrinking batch
-    keeps replaying the smallest graph captured so far (padded rows cost little while decoding is
-    memory-bound) until it falls to a quarter of that graph's rows."""
+    rounds: a shrinking batch keeps replaying the smallest graph captured so far (padded rows cost
+    little while decoding is memory-bound) until it falls to a quarter of that graph's rows.  The
+    first round (one-token feed) has a graph of its own: run eagerly it would cost more than its
+    capture."""
 
     def __init__(self, round_fn, t_cache: KVCache, d_cache: KVCache, max_batch: int, k: int):
         dev = t_cache.lens.device
@@ -115,14 +116,12 @@ class GraphRound:
 
     def __call__(self, feed: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         B, f = feed.shape
-        if f == 1:
-            return self.round_fn(feed, u)
-        bs = min((b for b in self.graphs.graphs if b >= B), default=self.max_batch)
+        bs = min((b for b, width in self.graphs.graphs if width == f and b >= B), default=self.max_batch)
         if bs >= 4 * bucket(B, self.max_batch):
             bs = bucket(B, self.max_batch)
-        self.feed[:B].copy_(feed)
+        self.feed[:B, :f].copy_(feed)
         self.feed[B:bs].zero_()
         self.u[:B].copy_(u)
         pad_rows(self.caches, B, bs)
-        packed, nxt = self.graphs.replay(bs, lambda: self.round_fn(self.feed[:bs], self.u[:bs], static=True))
+        packed, nxt = self.graphs.replay((bs, f), lambda: self.round_fn(self.feed[:bs, :f], self.u[:bs], static=True))
         return packed[:B], nxt[:B]

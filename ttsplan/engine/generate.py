@@ -100,6 +100,26 @@ class Request:
         self.stats.new_tokens += 1
         return True
 
+    def emit_run(self, row: int, tokens: list[int], logprobs: list[float], confidences: list[float]) -> int:
+        """Append a run of tokens to the branch in cache row `row`, up to its finish (EOS or its limit);
+        returns how many were appended."""
+        branch = self.branches[self.rows[row]]
+        if branch.finish:
+            return 0
+        room = (branch.limit or self.params.max_new_tokens) - len(branch.tokens)
+        n = min(len(tokens), room)
+        if not self.params.ignore_eos and not self.eos_ids.isdisjoint(tokens[:n]):
+            n = next(i for i, t in enumerate(tokens) if t in self.eos_ids) + 1
+        branch.tokens += tokens[:n]
+        branch.logprobs += logprobs[:n]
+        branch.confidences += confidences[:n]
+        if branch.tokens[-1] in self.eos_ids and not self.params.ignore_eos:
+            branch.finish = "eos"
+        elif len(branch.tokens) >= (branch.limit or self.params.max_new_tokens):
+            branch.finish = "length"
+        self.stats.new_tokens += n
+        return n
+
     def compact(self, caches: list[KVCache], stop=None) -> list[int]:
         """Drop finished branches' rows from every cache; returns the rows kept (their indices before),
         empty when no branch is left to decode.  stop(branches) -> True ends the request early: the

@@ -41,15 +41,16 @@ def token_probs(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
     return nucleus(probs, params.top_p) if params.top_p < 1.0 else probs
 
 
-SORT_FREE_MIN_ROWS = 32  # on a GPU: below this many rows the sort is faster (benchmarks/gpu_speculative.py)
+SORT_FREE_MIN_ROWS = 16  # on a GPU: below this many rows the sort is faster (benchmarks/gpu_speculative.py)
 
 
 def nucleus(probs: torch.Tensor, top_p: float, candidates: tuple[int, ...] = (1024, 16384)) -> torch.Tensor:
-    """Keep the smallest set of most likely tokens whose mass reaches top_p, renormalized.
+    """Keep the smallest set of most likely tokens whose mass reaches top_p, renormalized; tokens tied
+    with the least likely one kept are all kept, so that every path keeps the same set.
 
     On a GPU, with no host sync (the form CUDA graphs capture): from SORT_FREE_MIN_ROWS rows on (a
     verification scores b x (k + 1) of them) the threshold comes from a bisection kernel
-    (kernels/sampling_triton.py), 2-4x faster than sorting 152k tokens per row on an H100; below
+    (kernels/sampling_triton.py), 1.2-4x faster than sorting 152k tokens per row on an H100; below
     that the sort is faster and is kept.  On the CPU, where sorting 8 x 152k takes 70 ms on 2 cores,
     the nucleus lies inside the top-k tokens whenever their mass already reaches top_p: a few
     growing k are tried first, and everything is sorted only when none suffices.
@@ -59,14 +60,14 @@ def nucleus(probs: torch.Tensor, top_p: float, candidates: tuple[int, ...] = (10
         return nucleus_sort_free(probs, top_p)
     for k in () if probs.is_cuda else candidates:
         if k < probs.shape[-1]:
-            top, order = probs.topk(k, dim=-1)
+            top = probs.topk(k, dim=-1).values
             if bool((top.sum(-1) >= top_p).all()):
                 break
     else:
-        top, order = probs.sort(dim=-1, descending=True)
-    before = top.cumsum(-1) - top  # mass strictly above each token
-    top = top.masked_fill(before >= top_p, 0.0)
-    kept = torch.zeros_like(probs).scatter_(-1, order, top)
+        top = probs.sort(dim=-1, descending=True).values
+    inside = top.cumsum(-1) - top < top_p  # less than top_p of the mass strictly above
+    threshold = top.masked_fill(~inside, float("inf")).amin(-1, keepdim=True)
+    kept = probs.masked_fill(probs < threshold, 0.0)
     return kept / kept.sum(-1, keepdim=True)
 
 

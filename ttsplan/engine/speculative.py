@@ -169,13 +169,12 @@ def commit(request: Request, spec: SpecStats, k: int, packed: list[list[float]])
     n_list = []
     for row, values in enumerate(packed):
         n_ok = int(values[0])
-        toks, lps, cs = values[1:k + 2], values[k + 2:2 * k + 3], values[2 * k + 3:]
-        for tok, lp, c in zip(toks[:n_ok + 1], lps[:n_ok + 1], cs[:n_ok + 1]):
-            if not request.emit(row, int(tok), lp, c):
-                break
-            request.stats.decode_tokens += 1
-            spec.emitted += 1
-        for i in range(min(n_ok + 1, k)):
+        run = n_ok + 1
+        emitted = request.emit_run(row, [int(t) for t in values[1:1 + run]], values[k + 2:k + 2 + run],
+                                   values[2 * k + 3:2 * k + 3 + run])
+        request.stats.decode_tokens += emitted
+        spec.emitted += emitted
+        for i in range(min(run, k)):
             spec.reached[i] += 1
             spec.accepted[i] += i < n_ok
         n_list.append(n_ok)

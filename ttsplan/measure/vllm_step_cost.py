@@ -69,7 +69,7 @@ def step_point(llm, prompt_ids: list[int], b: int, q: int, prompt: int, own: int
 
 def less_draft_steps(round_: StepCost, draft_ms: float, k: int) -> StepCost:
     """A round as the target's verification point: the round less its k draft steps."""
-    cut = lambda ms: round(max(ms - k * draft_ms, 0.0), 4)
+    cut = lambda ms: round(max(ms - k * draft_ms, 1e-3), 4)  # a positive time, as profiles require
     return StepCost(round_.b, round_.q, round_.prompt, round_.own, cut(round_.ms), cut(round_.p10_ms),
                     cut(round_.p90_ms), round_.repeats)
 
