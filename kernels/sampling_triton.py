@@ -8,8 +8,9 @@ in the upper half and snaps the new bracket to the nearest probability inside it
 left.  Once at most CAP probabilities lie inside the bracket they are copied to a scratch row, and the
 remaining passes read only those.  One program per row, no host sync: it runs inside CUDA graphs.
 
-Tokens tied at t* are all kept (a sort keeps an arbitrary subset of them); otherwise the kept set is
-exactly the sorted definition's (sampling.nucleus on the CPU, tests/test_sampling.py).
+Tokens tied at t* are all kept, as every nucleus path does.  Masses are summed in float64: in a flat
+distribution of 152k tokens a float32 running sum errs by more than one token's probability, so two
+float32 summation orders (this kernel's and a sort's cumsum) would cut the nucleus at different tokens.
 """
 import struct
 
@@ -27,7 +28,7 @@ def _split(ptr, n, lo, hi, mid, BLOCK: tl.constexpr):
     """Over ptr[0:n], the values with bits in [lo, hi): mass and count of those >= mid, count of those
     below it, the smallest bits at or above mid and the largest below it.  Accumulated per lane and
     reduced once, after the pass."""
-    mass = tl.zeros((BLOCK,), tl.float32)
+    mass = tl.zeros((BLOCK,), tl.float64)
     n_up = tl.zeros((BLOCK,), tl.int32)
     n_down = tl.zeros((BLOCK,), tl.int32)
     min_up = tl.zeros((BLOCK,), tl.int32) + hi
@@ -39,7 +40,7 @@ def _split(ptr, n, lo, hi, mid, BLOCK: tl.constexpr):
         inside = (offs < n) & (b >= lo) & (b < hi)
         up = inside & (b >= mid)
         down = inside & (b < mid)
-        mass += tl.where(up, x, 0.0)
+        mass += tl.where(up, x.to(tl.float64), 0.0)
         n_up += up.to(tl.int32)
         n_down += down.to(tl.int32)
         min_up = tl.minimum(min_up, tl.where(up, b, hi))
@@ -69,7 +70,7 @@ def _top_p_threshold_kernel(P, stride, V, top_p, lowest_bits, T, S, CAP: tl.cons
     p_row = P + row * stride
     lo = tl.zeros((), tl.int32) + lowest_bits
     hi = tl.full((), 0x3F800001, tl.int32)  # just above 1.0: above every probability
-    f_hi = tl.zeros((), tl.float32)
+    f_hi = tl.zeros((), tl.float64)
     count = tl.full((), V, tl.int32)
     lo, hi, f_hi, count = _bisect(p_row, V, lo, hi, f_hi, count, top_p, CAP, BLOCK)
     if hi - lo > 1:  # at most CAP values left in the bracket: copy them out and bisect the copy

@@ -15,6 +15,9 @@ from ttsplan.engine.model import Transformer
 from ttsplan.engine.sampling import SamplingParams, sample
 
 
+SHRINK = 4  # a speculative round's batch gets a smaller graph once it falls to 1/SHRINK of the one it replays
+
+
 def bucket(batch: int, max_batch: int) -> int:
     """The smallest power of two >= batch, or max_batch."""
     return min(1 << (batch - 1).bit_length(), max_batch)
@@ -117,7 +120,7 @@ class GraphRound:
     def __call__(self, feed: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         B, f = feed.shape
         bs = min((b for b, width in self.graphs.graphs if width == f and b >= B), default=self.max_batch)
-        if bs >= 4 * bucket(B, self.max_batch):
+        if bs >= SHRINK * bucket(B, self.max_batch):
             bs = bucket(B, self.max_batch)
         self.feed[:B, :f].copy_(feed)
         self.feed[B:bs].zero_()

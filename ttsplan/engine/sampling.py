@@ -56,6 +56,7 @@ def nucleus(probs: torch.Tensor, top_p: float, candidates: tuple[int, ...] = (10
     growing k are tried first, and everything is sorted only when none suffices.
     """
     rows = probs.numel() // probs.shape[-1]
+    top_p = float(torch.tensor(top_p, dtype=torch.float32))  # the value the kernel compares against
     if probs.is_cuda and rows >= SORT_FREE_MIN_ROWS:
         return nucleus_sort_free(probs, top_p)
     for k in () if probs.is_cuda else candidates:
@@ -65,7 +66,8 @@ def nucleus(probs: torch.Tensor, top_p: float, candidates: tuple[int, ...] = (10
                 break
     else:
         top = probs.sort(dim=-1, descending=True).values
-    inside = top.cumsum(-1) - top < top_p  # less than top_p of the mass strictly above
+    mass = top.double()  # float64 sums: see kernels/sampling_triton.py
+    inside = mass.cumsum(-1) - mass < top_p  # less than top_p of the mass strictly above
     threshold = top.masked_fill(~inside, float("inf")).amin(-1, keepdim=True)
     kept = probs.masked_fill(probs < threshold, 0.0)
     return kept / kept.sum(-1, keepdim=True)
