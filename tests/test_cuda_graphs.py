@@ -32,14 +32,17 @@ def random_pair(dtype=torch.bfloat16):
     return Transformer.random(cfg, "cuda", dtype, seed=1), Transformer.random(cfg, "cuda", dtype, seed=2)
 
 
-def test_graph_speculative_rounds_match_eager_rounds():
+def test_graph_speculative_rounds_match_eager_rounds(monkeypatch):
     """Whole rounds replayed from graphs emit the eager rounds' tokens at the same seed, through the
-    first round's one-token feed, padded buckets and compaction.  float32 weights: a graph replays a
-    padded batch, and cuBLAS computes a padded bf16 batch's rows with other kernels than the eager
-    batch's, which moves logits enough to flip a sampled token now and then."""
+    first round's one-token feed, padded buckets and compaction.  Buckets as tight as the plain
+    decoder's (SHRINK = 1): a batch padded far beyond its rows runs other GEMM kernels than the eager
+    batch, and in the flat distributions of random weights that moves a draw now and then (measured:
+    2 of 7 branches differ from token 26 on with SHRINK = 4, in bf16 and in float32)."""
+    import ttsplan.engine.cuda_graphs as cuda_graphs
     from ttsplan.engine.sampling import SamplingParams
     from ttsplan.engine.speculative import generate_speculative
-    target, draft = random_pair(torch.float32)
+    monkeypatch.setattr(cuda_graphs, "SHRINK", 1)
+    target, draft = random_pair()
     prompt = torch.randint(0, target.cfg.vocab_size, (600,), generator=torch.Generator().manual_seed(0)).tolist()
     params = SamplingParams(temperature=1.0, top_p=0.9, max_new_tokens=40, seed=3)
     eos = set(range(0, target.cfg.vocab_size, 97))
