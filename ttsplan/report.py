@@ -40,7 +40,7 @@ def device_tables(profile, costs) -> list[Table]:
     for p in profile.prefill:
         other.add_row("prefill", f"prompt {p.prompt}", f"{p.ms:.2f}")
     for c in profile.capture:
-        other.add_row("graph capture", f"b={c.b}", f"{c.ms:.2f}")
+        other.add_row("graph capture" if c.k == 0 else f"round graph capture, k={c.k}", f"b={c.b}", f"{c.ms:.2f}")
     for c in profile.loop_overhead:
         other.add_row("loop overhead per step", f"b={c.b}", f"{c.ms:.3f}")
     tables = [steps, sweep, other]

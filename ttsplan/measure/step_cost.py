@@ -5,7 +5,8 @@
                        (a CUDA graph on a GPU, as inside the engine's graph-replayed round)
   draft step           speculative.draft_step: the draft's proposal, q = 1 (a CUDA graph on a GPU)
   prefill              Transformer.prefill of the prompt
-  capture              GraphDecoder's capture of one batch bucket (GPU; once per request and bucket)
+  capture              GraphDecoder's capture of one batch bucket (k = 0), GraphRound's of one round
+                       at draft length k (GPU; once per request and bucket)
   loop overhead        a real generate() loop's time per step beyond its steps: host bookkeeping
   round overhead       a real speculative round's time beyond its draft steps and its verification
 
@@ -209,6 +210,25 @@ def capture_point(model: Transformer, caches: PromptCaches, b: int, prompt: int,
     return BatchCost(b, 0, round(step.capture_s * 1e3, 4))
 
 
+def round_capture_point(target: Transformer, draft: Transformer, t_caches: PromptCaches, d_caches: PromptCaches,
+                        b: int, k: int, prompt: int, own: int) -> BatchCost:
+    """Seconds GraphRound spends capturing one round graph at batch b and draft length k (the second of
+    two captures: the first also compiles)."""
+    from ttsplan.engine.cuda_graphs import GraphRound
+    from ttsplan.engine.speculative import speculative_round
+    dev = target.device
+    for _ in range(2):
+        t_cache, d_cache = t_caches.cache(prompt, b, own, k + 1), d_caches.cache(prompt, b, own, k + 1)
+
+        def round_fn(feed, u, static=False, t_cache=t_cache, d_cache=d_cache):
+            return speculative_round(target, draft, t_cache, d_cache, feed, k, TIMING_PARAMS, TIMING_PARAMS, u,
+                                     static=static)
+        graphs = GraphRound(round_fn, t_cache, d_cache, b, k)
+        feed = torch.tensor(t_caches.prompt_ids[:2 * b], device=dev).view(b, 2)
+        graphs(feed, torch.rand(b, 2 * k + 1, device=dev))
+    return BatchCost(b, k, round(graphs.capture_s * 1e3, 4))
+
+
 def loop_overhead_point(model: Transformer, caches: PromptCaches, b: int, prompt: int, steps: int,
                         repeats: int, budget_s: float) -> BatchCost:
     """A real generate() of `steps` decode steps from a `prompt`-token prompt, less `steps` isolated
@@ -260,7 +280,10 @@ def plan_tasks(grid: Grid, window: int, draft_window: int | None, on_gpu: bool) 
         tasks += [("draft-prefill", p) for p in sorted({*grid.prompt, grid.core[0]})]
         tasks += [("round", b, k) for b in sorted({grid.branches[0], grid.branches[-1]}) for k in DRAFT_LENGTHS
                   if k + 1 in grid.query]
-    order = {"step": 0, "draft": 1, "prefill": 2, "draft-prefill": 2, "capture": 3, "loop": 4, "round": 5}
+        if on_gpu:
+            tasks += [("round-capture", b, k) for b in ends for k in DRAFT_LENGTHS if k + 1 in grid.query]
+    order = {"step": 0, "draft": 1, "prefill": 2, "draft-prefill": 2, "capture": 3, "loop": 4, "round": 5,
+             "round-capture": 6}
     prompt_of = {"step": lambda t: t[3], "draft": lambda t: t[2]}
     return sorted(tasks, key=lambda t: (order[t[0]], prompt_of.get(t[0], lambda t: 0)(t)))
 
@@ -268,7 +291,8 @@ def plan_tasks(grid: Grid, window: int, draft_window: int | None, on_gpu: bool) 
 def measured_keys(profile) -> set[tuple]:
     keys = {("step", s.b, s.q, s.prompt, s.own) for s in profile.steps}
     keys |= {("prefill", p.prompt) for p in profile.prefill}
-    keys |= {("capture", c.b) for c in profile.capture} | {("loop", c.b) for c in profile.loop_overhead}
+    keys |= {("capture", c.b) if c.k == 0 else ("round-capture", c.b, c.k) for c in profile.capture}
+    keys |= {("loop", c.b) for c in profile.loop_overhead}
     if profile.draft:
         keys |= {("draft", s.b, s.prompt, s.own) for s in profile.draft.steps}
         keys |= {("round", c.b, c.k) for c in profile.draft.round_overhead}
@@ -298,6 +322,8 @@ def measure_device(profile, out, model: Transformer, prompt_ids: list[int], grid
             profile.steps.append(step_point(model, t_caches, *args, repeats, budget))
         elif kind == "prefill":
             profile.prefill.append(prefill_point(model, prompt_ids, args[0], repeats, budget))
+        elif kind == "round-capture":
+            profile.capture.append(round_capture_point(model, draft, t_caches, d_caches, *args, *grid.core))
         elif kind == "capture":
             profile.capture.append(capture_point(model, t_caches, args[0], *grid.core))
         elif kind == "loop":

@@ -1,7 +1,8 @@
 """A plan's latency, by replaying its decode loop on the fitted step costs.
 
 One request: prefill once (the draft prefills too), capture the CUDA graphs of the batch buckets it
-passes through (plain decoding on a GPU), then decode.  Plain decoding runs one step per token for
+passes through on a GPU (decode steps, or speculative rounds: the first round's and the
+buckets cuda_graphs.GraphRound keeps), then decode.  Plain decoding runs one step per token for
 every live branch; speculative decoding runs rounds of k draft steps, one verification of k + 1
 tokens per branch and the round's own cost, emitting tau = 1 + sum_i prod_{j<=i} a_j tokens per
 branch per round on average (a_j: the draft's acceptance at position j).  Branches end at lengths
@@ -147,9 +148,10 @@ class Replay:
             hi = np.minimum(stop[:, None], longest_first)
             lo = np.minimum(stop[:, None], below)
             seconds = (table[p[:, None], live, hi] - table[p[:, None], live, lo]).sum(1) + fixed
-            if self.on_gpu and not dec.k:
+            if self.on_gpu:
                 last_live = (steps >= np.maximum(stop, 1)[:, None]).sum(1)            # batch of the last step
-                seconds = seconds + self.capture_s(N)[np.maximum(last_live, 1)]
+                capture = self.round_capture_s(N, dec.k) if dec.k else self.capture_s(N)
+                seconds = seconds + capture[np.maximum(last_live, 1)]
             emitted = np.minimum(lengths, 1 + stop[:, None] * tau).sum(1)
             out[rule] = Latency(float(seconds.mean()), float(np.quantile(seconds, 0.9)), float(emitted.mean()), seconds)
         return out
@@ -160,6 +162,20 @@ class Replay:
         for low in range(1, N + 1):
             buckets = np.unique(bucket(np.arange(low, N + 1), N))
             sums[low] = self.costs.capture.at(buckets).sum() / 1e3
+        return sums
+
+
+    def round_capture_s(self, N: int, k: int) -> np.ndarray:
+        """[N + 1]: seconds capturing round graphs while a batch shrinks from N to j: the first round's and
+        the second's at N, then a smaller bucket each time the batch falls to 1/SHRINK of the graph it
+        replays (cuda_graphs.GraphRound)."""
+        from ttsplan.engine.cuda_graphs import SHRINK
+        sums, held = np.zeros(N + 1), [N]
+        for live in range(N, 0, -1):
+            small = int(bucket(live, N))
+            if min(b for b in held if b >= live) >= SHRINK * small:
+                held.append(small)
+            sums[live] = (self.costs.capture.at(N, k) + self.costs.capture.at(np.array(held), k).sum()) / 1e3
         return sums
 
 
