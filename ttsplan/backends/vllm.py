@@ -79,14 +79,6 @@ def start_llm(args: dict):
     return vllm.LLM(**args)
 
 
-def stop_llm(llm) -> None:
-    """Shut an LLM's engine down and free its memory, so that another can start in this process."""
-    import gc
-    llm.llm_engine.engine_core.shutdown()
-    del llm
-    gc.collect()
-
-
 def to_branch(completion) -> Branch:
     """A vLLM CompletionOutput as a relay-engine Branch: tokens, log-probabilities, confidences, finish."""
     branch = Branch(tokens=list(completion.token_ids))

@@ -110,8 +110,7 @@ def profile_vllm_device(model: str, draft: str | None, device: torch.device, qui
     """Measure (or finish measuring) the device profile of `model` served by vLLM, with `draft`
     proposing for it when given; `branches` overrides the grid's live-branch axis."""
     from ttsplan.assets import resolve_model
-    from ttsplan.backends.vllm import start_llm, stop_llm
-    from ttsplan.measure.vllm_step_cost import VLLM_GRIDS, measure_vllm_device
+    from ttsplan.measure.vllm_step_cost import VLLM_GRIDS, measure_phase, measure_vllm_device
     from transformers import AutoTokenizer
     grid = VLLM_GRIDS[(device.type, quick)]
     grid = replace(grid, branches=branches) if branches else grid
@@ -125,24 +124,50 @@ def profile_vllm_device(model: str, draft: str | None, device: torch.device, qui
     if draft and profile.draft and profile.draft.model.shape != draft_info.shape:
         raise TTSPlanError(f"{out}: field 'draft.model.shape' is {profile.draft.model.shape!r}, not "
                            f"{draft_info.shape!r}: this run would mix two profiles; give another --out-dir")
-    live = []
 
-    def start(which: str, k: int):
-        while live:
-            stop_llm(live.pop())
+    def engine(which: str, k: int) -> dict:
         args = {"model": str(paths[which]), "dtype": dtype, "enable_prefix_caching": True, "max_model_len": window,
                 "seed": 0, "disable_log_stats": False, **({"enforce_eager": True} if device.type == "cpu" else {})}
         if k:
             args["speculative_config"] = {"method": "draft_model", "model": str(paths["draft"]),
                                           "num_speculative_tokens": k}
-        live.append(start_llm(args))
-        return live[-1]
+        return args
 
     prompt_ids = calibration_text_ids(AutoTokenizer.from_pretrained(paths["target"]), max(grid.prompt) + 1200)
-    measure_vllm_device(profile, out, start, prompt_ids, grid, window, draft_info, on_task)
-    while live:
-        stop_llm(live.pop())
+
+    def run_phase(profile, which: str, k: int, todo, prefills):
+        return run_in_process(measure_phase, profile, out, engine(which, k), which, k, todo, prefills, prompt_ids,
+                              on_task=on_task, what=f"vLLM serving the {which}" + (f" with k = {k}" if k else ""))
+
+    measure_vllm_device(profile, out, run_phase, grid, window, draft_info, on_task)
     return out
+
+
+def run_in_process(fn, profile, out: Path, *args, on_task=None, what: str = ""):
+    """fn(profile, out, *args, progress_queue) in a fresh process; relays its progress to on_task and
+    returns the profile as it saved it."""
+    import multiprocessing
+    import queue
+    ctx = multiprocessing.get_context("spawn")
+    progress = ctx.Queue()
+    proc = ctx.Process(target=fn, args=(profile, out, *args, progress))
+    proc.start()
+    while True:
+        try:
+            msg = progress.get(timeout=5)
+        except queue.Empty:
+            if proc.is_alive():
+                continue
+            break
+        if msg is None:
+            break
+        if on_task:
+            on_task(*msg)
+    proc.join()
+    if proc.exitcode:
+        raise TTSPlanError(f"{what} exited with code {proc.exitcode} (killed for memory?); what it measured is "
+                           f"saved in {out}: run the same command again to go on")
+    return load_device_profile(out)
 
 
 def profile_task(engine, draft_engine, info: ModelInfo, draft_info, dataset: str, offset: int, limit: int,

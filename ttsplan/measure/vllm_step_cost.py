@@ -96,36 +96,48 @@ def measure_prefill(llm, prompt_ids: list[int], prompts: list[int]) -> list[Pref
     return out
 
 
-def measure_vllm_device(profile, out, start, prompt_ids: list[int], grid: Grid, window: int, draft_info=None,
-                        on_task=None):
-    """Measure what `out` does not hold yet, saving after every point.  start(model, k) -> an LLM serving
-    "target" or "draft" alone (k = 0), or the target with the draft proposing k tokens per round; an
-    engine starts only when it has points left to measure (start shuts down the one before)."""
+def measure_phase(profile, out, engine: dict, which: str, k: int, todo, prefills: list[int], prompt_ids: list[int],
+                  progress) -> None:
+    """One engine's points, in a process of its own (its exit is what frees vLLM's memory): the
+    target's or the draft's plain steps and prefills (k = 0), or the target's rounds with the draft
+    proposing k tokens.  Saves `out` after every point; sends (name, done, total) and then None to
+    the progress queue."""
+    from ttsplan.backends.vllm import start_llm
+    llm = start_llm(engine)
+    on_task = lambda *msg: progress.put(msg)
+    costs = profile.draft if which == "draft" else profile
+    store = lambda point: point
+    if k:
+        drafted = {(s.b, s.prompt, s.own): s.ms for s in profile.draft.steps}
+        store = lambda r: less_draft_steps(r, drafted[(r.b, r.prompt, r.own)], k)
+    measure_steps(profile, out, llm, costs.steps, todo, prompt_ids, on_task, store)
+    costs.prefill += measure_prefill(llm, prompt_ids, prefills)
+    save_profile(profile, out)
+    progress.put(None)
+
+
+def measure_vllm_device(profile, out, run_phase, grid: Grid, window: int, draft_info=None, on_task=None):
+    """Measure what `out` does not hold yet.  run_phase(profile, which, k, todo, prefills) measures one
+    engine's points (measure_phase, in a process of its own) and returns the profile as saved; an
+    engine starts only when it has points left to measure."""
     ks = [q - 1 for q in grid.query if q > 1] if draft_info else []
     have = {(s.b, s.q, s.prompt, s.own) for s in profile.steps}
     plain = [(b, 1, p, s) for b, p, s in vllm_points(grid, window) if (b, 1, p, s) not in have]
     rounds = {k: [(b, k + 1, *grid.core) for b in grid.branches if (b, k + 1, *grid.core) not in have] for k in ks}
     if draft_info and profile.draft is None:
         profile.draft = DraftCosts(draft_info, [], [])
-    drafted = {(s.b, s.prompt, s.own): s.ms for s in profile.draft.steps} if profile.draft else {}
+    drafted = {(s.b, s.prompt, s.own) for s in profile.draft.steps} if profile.draft else set()
     draft_todo = [(b, 1, *grid.core) for b in grid.branches if (b, *grid.core) not in drafted] if ks else []
     prefills = [p for p in grid.prompt if p not in {x.prompt for x in profile.prefill}]
     if on_task:
         on_task("", False, len(plain) + len(draft_todo) + sum(map(len, rounds.values())))
     if plain or prefills:
-        llm = start("target", 0)
-        measure_steps(profile, out, llm, profile.steps, plain, prompt_ids, on_task)
-        profile.prefill += measure_prefill(llm, prompt_ids, prefills)
+        profile = run_phase(profile, "target", 0, plain, prefills)
     if draft_todo or (ks and not profile.draft.prefill):
-        llm = start("draft", 0)
-        measure_steps(profile, out, llm, profile.draft.steps, draft_todo, prompt_ids, on_task)
-        profile.draft.prefill = profile.draft.prefill or measure_prefill(llm, prompt_ids, list(grid.prompt))
+        profile = run_phase(profile, "draft", 0, draft_todo, [] if profile.draft.prefill else list(grid.prompt))
     for k, todo in rounds.items():
         if todo:
-            drafted = {(s.b, s.prompt, s.own): s.ms for s in profile.draft.steps}
-            llm = start("target", k)
-            measure_steps(profile, out, llm, profile.steps, todo, prompt_ids, on_task,
-                          lambda r: less_draft_steps(r, drafted[(r.b, r.prompt, r.own)], k))
+            profile = run_phase(profile, "target", k, todo, [])
     if profile.draft:
         profile.draft.round_overhead = [BatchCost(b, k, 0.0) for k in ks for b in grid.branches]  # inside the round
     profile.loop_overhead = [BatchCost(b, 0, 0.0) for b in grid.branches]  # inside the measured step
