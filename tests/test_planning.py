@@ -234,3 +234,16 @@ def test_exhaustive_search_beats_the_greedy_allocation():
     named = baselines(result, best, budget)
     assert named["greedy allocation"] == seed_paper and named["speculation only"].branches == 1
     assert named["compute-optimal"].accuracy >= best.accuracy
+
+
+def test_a_vllm_deployment_is_planned_without_early_stop():
+    """vLLM's offline generate returns a request's branches together, so plans for a vLLM profile
+    never stop early; the same task on the relay engine's profile does."""
+    from pathlib import Path
+    from ttsplan.planning.optimize import optimize
+    profiles = Path(__file__).resolve().parent.parent / "profiles"
+    task = profiles / "tasks" / "qwen2.5-coder-1.5b-gsm8k" / "task.yaml"
+    vllm = optimize(profiles / "device" / "cpu-2t-vllm-qwen2.5-coder-1.5b.yaml", task, budget_s=60)
+    relay = optimize(profiles / "device" / "cpu-2t-relay-qwen2.5-coder-1.5b.yaml", task, budget_s=60)
+    assert not any(c.early_stop for c in vllm.result.candidates) and vllm.plan.device["backend"] == "vllm"
+    assert any(c.early_stop for c in relay.result.candidates)

@@ -65,7 +65,9 @@ def optimize(device_path: Path, task_path: Path, budget_s: float | None = None,
     acceptance = matching_acceptance(device, task)
     replay = Replay(costs, arrays, on_gpu=device.device["type"] == "cuda")
     ks = sorted({c.k for c in device.draft.round_overhead}) if device.draft else []
-    result = search(replay, acceptance.per_position if acceptance else None, draft_lengths=ks, stat=stat)
+    # vLLM's offline generate returns a request's branches together: no early stop there
+    result = search(replay, acceptance.per_position if acceptance else None, draft_lengths=ks, stat=stat,
+                    early_stop=device.backend != "vllm")
     chosen = with_binds(replay, choose(result, budget_s, target_accuracy), acceptance and acceptance.per_position)
     low, high = result.interval(chosen)
     plan = Plan(model=task.model.name, branches=chosen.branches, vote=chosen.vote, max_new_tokens=chosen.cap,

@@ -89,8 +89,8 @@ class SearchResult:
 
 
 def search(replay: Replay, acceptance: list[float] | None, draft_lengths=(1, 2, 4, 8), rules=VOTE_RULES,
-           caps: list[int] | None = None, stat: str = "p90") -> SearchResult:
-    """Score every plan of the grid."""
+           caps: list[int] | None = None, stat: str = "p90", early_stop: bool = True) -> SearchResult:
+    """Score every plan of the grid (with early stop only where the backend can stop a request early)."""
     task = replay.task
     caps = caps or length_caps(task)
     decodings = [Decoding()]
@@ -104,7 +104,7 @@ def search(replay: Replay, acceptance: list[float] | None, draft_lengths=(1, 2, 
                 latency = replay.simulate(N, cap, dec, rules if N > 1 else ())
                 for rule in rules:
                     acc = accuracy.mean(rule, cap, N)
-                    for early in (False, True) if N > 1 else (False,):  # one branch: nothing to decide early
+                    for early in (False, True) if N > 1 and early_stop else (False,):  # one branch: nothing to decide
                         lat = latency[rule if early else None]
                         out.append(Candidate(N, rule, cap, early, dec.k, acc, lat.mean_s, lat.p90_s, lat.tokens))
     return SearchResult(out, stat, accuracy)
