@@ -176,7 +176,7 @@ def test_optimize_then_run_the_plan(profiles, tmp_path):
     assert png.stat().st_size > 10_000 and plan.is_file()
     impossible = one_line_error(ttsplan("optimize", "--device-profile", device_path, "--task-profile", task_path,
                                         "--budget", "1ms", "--out", tmp_path / "x.yaml", check=False),
-                                "no plan fits a budget of 0.001 s", "fastest plan (N=1")
+                                "no plan fits a budget of 0.001 s", "the fastest plan (N=", ") takes ")
     assert not (tmp_path / "x.yaml").exists(), impossible
     run = ttsplan("run", "--plan", plan, "-q", "What is 2 + 3?").stdout
     assert "predicted s (mean)" in run and "answer:" in run
