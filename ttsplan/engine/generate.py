@@ -60,17 +60,6 @@ def step_bytes(cfg: ModelConfig, prefix_len: int, suffix_tokens: int, dtype: tor
     return cfg.weight_bytes(width) + kv_token * (prefix_len + suffix_tokens)
 
 
-def append(branch: Branch, token: int, logprob: float, confidence: float, eos_ids: set[int],
-           params: SamplingParams) -> None:
-    branch.tokens.append(token)
-    branch.logprobs.append(logprob)
-    branch.confidences.append(confidence)
-    if token in eos_ids and not params.ignore_eos:
-        branch.finish = "eos"
-    elif len(branch.tokens) >= (branch.limit or params.max_new_tokens):
-        branch.finish = "length"
-
-
 def decoder(model: Transformer, cache: KVCache, n: int, params: SamplingParams, cuda_graphs: bool):
     """One decode step and sampling for the live rows, (tokens [B, 1], u [B]) -> (next tokens [B],
     log-probs [B], confidences [B]): graph replay on a GPU."""
@@ -91,18 +80,9 @@ class Request:
     params: SamplingParams
     eos_ids: set[int]
 
-    def emit(self, row: int, token: int, logprob: float, confidence: float) -> bool:
-        """Append a token to the branch in cache row `row`; False once that branch has finished."""
-        branch = self.branches[self.rows[row]]
-        if branch.finish:
-            return False
-        append(branch, token, logprob, confidence, self.eos_ids, self.params)
-        self.stats.new_tokens += 1
-        return True
-
-    def emit_run(self, row: int, tokens: list[int], logprobs: list[float], confidences: list[float]) -> int:
-        """Append a run of tokens to the branch in cache row `row`, up to its finish (EOS or its limit);
-        returns how many were appended."""
+    def emit(self, row: int, tokens: list[int], logprobs: list[float], confidences: list[float]) -> int:
+        """Append a run of tokens (one per decode step, up to k + 1 per speculative round) to the branch
+        in cache row `row`, up to its finish (EOS or its limit); returns how many were appended."""
         branch = self.branches[self.rows[row]]
         if branch.finish:
             return 0
@@ -157,7 +137,7 @@ def start_request(model: Transformer, prompt: list[int], n: int, params: Samplin
     logits = [m.prefill(prompt_t, c) for m, c in zip(models, caches)][0].expand(n, -1)
     tokens, logprobs, confs = sample(logits, params, uniforms(request.gen, n))
     for row, (tok, lp, c) in enumerate(zip(tokens.tolist(), logprobs.tolist(), confs.tolist())):
-        request.emit(row, tok, lp, c)
+        request.emit(row, [tok], [lp], [c])
     synchronize(model.device)
     request.stats.prefill_s = time.perf_counter() - t0
     return request, tokens
@@ -187,7 +167,7 @@ def generate(model: Transformer, prompt: list[int], n: int, params: SamplingPara
         tokens, logprobs, confs = step(last, uniforms(request.gen, B))
         cache.lens[:B] += 1
         for row, (tok, lp, c) in enumerate(zip(tokens.tolist(), logprobs.tolist(), confs.tolist())):
-            request.emit(row, tok, lp, c)
+            request.emit(row, [tok], [lp], [c])
         stats.decode_tokens += B
         stats.steps += 1
         if on_step:

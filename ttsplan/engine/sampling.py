@@ -50,7 +50,7 @@ def nucleus(probs: torch.Tensor, top_p: float, candidates: tuple[int, ...] = (10
 
     On a GPU, with no host sync (the form CUDA graphs capture): from SORT_FREE_MIN_ROWS rows on (a
     verification scores b x (k + 1) of them) the threshold comes from a bisection kernel
-    (kernels/sampling_triton.py), 1.2-4x faster than sorting 152k tokens per row on an H100; below
+    (kernels/sampling_triton.py), 1.1-4.3x faster than sorting 152k tokens per row on an H100; below
     that the sort is faster and is kept.  On the CPU, where sorting 8 x 152k takes 70 ms on 2 cores,
     the nucleus lies inside the top-k tokens whenever their mass already reaches top_p: a few
     growing k are tried first, and everything is sorted only when none suffices.

@@ -170,7 +170,7 @@ def commit(request: Request, spec: SpecStats, k: int, packed: list[list[float]])
     for row, values in enumerate(packed):
         n_ok = int(values[0])
         run = n_ok + 1
-        emitted = request.emit_run(row, [int(t) for t in values[1:1 + run]], values[k + 2:k + 2 + run],
+        emitted = request.emit(row, [int(t) for t in values[1:1 + run]], values[k + 2:k + 2 + run],
                                    values[2 * k + 3:2 * k + 3 + run])
         request.stats.decode_tokens += emitted
         spec.emitted += emitted
