@@ -5,7 +5,8 @@
 Random weights of the Qwen2.5 shapes, bf16; acceptance drawn per position from the CPU task profile
 of the real qwen2.5-coder 0.5b -> 1.5b pair (the timing mode with given acceptance), since random
 weights accept at rates that mean nothing.  Tables:
-  sampling   softmax + top-p + draw per step, the old full sort against the sort-free kernel
+  sampling   temperature + top-p + draw per step: the full sort, the threshold kernel on softmax's
+             probabilities (what verification uses) and the fused kernel from the logits (decode steps)
   rounds     a real round (graph-replayed, host commit included) against the sum of its parts replayed
              alone (k draft steps, one verification); speedup over the target alone beside the
              speedup those parts and the acceptance predict: tau x step / (k draft + verify)
@@ -24,9 +25,10 @@ from common import emit, today
 from ttsplan.engine.config import ModelConfig
 from ttsplan.engine.generate import generate
 from ttsplan.engine.model import Transformer
-from ttsplan.engine.sampling import SORT_FREE_MIN_ROWS, SamplingParams, draw, nucleus_sort_free
+from ttsplan.engine.sampling import SamplingParams, draw, float32, nucleus_sort_free, token_scores
 from ttsplan.engine.speculative import generate_speculative
 from ttsplan.hardware import copy_bandwidth
+from ttsplan.kernels.sampling_triton import sample_top_p
 from ttsplan.measure.profiles import PROFILES, load_task_profile
 from ttsplan.measure.step_cost import PromptCaches, draft_point, step_point
 
@@ -51,37 +53,36 @@ def tokens_per_round(rates: tuple[float, ...], k: int) -> float:
 
 
 def sorted_nucleus(probs: torch.Tensor, top_p: float) -> torch.Tensor:
-    """The full-vocabulary sort (sampling.nucleus below SORT_FREE_MIN_ROWS rows on a GPU)."""
+    """The full-vocabulary sort."""
     top, order = probs.sort(dim=-1, descending=True)
     top = top.masked_fill(top.cumsum(-1) - top >= top_p, 0.0)
     kept = torch.zeros_like(probs).scatter_(-1, order, top)
     return kept / kept.sum(-1, keepdim=True)
 
 
-def sampled(logits: torch.Tensor, u: torch.Tensor, sort_free: bool) -> torch.Tensor:
-    """softmax at the temperature, the top-p nucleus (sorted, or the threshold kernel), the draw."""
-    probs = torch.softmax(logits / PARAMS.temperature, -1)
-    return draw((nucleus_sort_free if sort_free else sorted_nucleus)(probs, PARAMS.top_p), u)
-
-
-def sampling_table() -> Table:
+def sampling_table(bw: float) -> Table:
     V = ModelConfig.shipped("qwen2.5-1.5b").vocab_size
-    table = Table(title=f"sampling per step (softmax, top-p {PARAMS.top_p}, draw), vocabulary {V}, graph-replayed; "
-                        f"the engine takes the kernel from {SORT_FREE_MIN_ROWS} rows on")
-    for col in ("rows", "logits", "nucleus size", "softmax alone ms", "full sort ms", "sort-free ms", "speedup"):
+    table = Table(title=f"sampling per step (temperature {PARAMS.temperature}, top-p {PARAMS.top_p}, one draw per "
+                        f"row), vocabulary {V}, float32 logits, graph-replayed; floor: one read of the logits")
+    for col in ("rows", "logits", "nucleus size", "full sort ms", "threshold kernel ms", "fused ms",
+                "fused vs sort", "floor ms", "fused / floor", "+ scores ms"):
         table.add_column(col, justify="right")
     gen = torch.Generator(device=DEV).manual_seed(0)
+    temp, top_p = PARAMS.temperature, float32(PARAMS.top_p)
     for rows in (1, 8, 16, 32, 64, 320):
         for name, scale in (("peaked (N(0, 3))", 3.0), ("flat (random weights)", 0.6)):
             logits = torch.randn(rows, V, device=DEV, generator=gen) * scale
             u = torch.rand(rows, device=DEV, generator=gen)
-            size = int((nucleus_sort_free(torch.softmax(logits / PARAMS.temperature, -1), PARAMS.top_p) > 0)
-                       .sum(-1).float().median())
-            soft = triton.testing.do_bench_cudagraph(lambda: torch.softmax(logits / PARAMS.temperature, -1), rep=100)
-            t_sort = triton.testing.do_bench_cudagraph(lambda: sampled(logits, u, False), rep=100)
-            t_free = triton.testing.do_bench_cudagraph(lambda: sampled(logits, u, True), rep=100)
-            table.add_row(str(rows), name, str(size), f"{soft:.3f}", f"{t_sort:.3f}", f"{t_free:.3f}",
-                          f"{t_sort / t_free:.2f}x")
+            size = int((nucleus_sort_free(torch.softmax(logits / temp, -1), top_p) > 0).sum(-1).float().median())
+            fused = sample_top_p(logits, temp, top_p, u)
+            bench = lambda fn: triton.testing.do_bench_cudagraph(fn, rep=100)  # noqa: E731
+            t_sort = bench(lambda: draw(sorted_nucleus(torch.softmax(logits / temp, -1), top_p), u))
+            t_kernel = bench(lambda: draw(nucleus_sort_free(torch.softmax(logits / temp, -1), top_p), u))
+            t_fused = bench(lambda: sample_top_p(logits, temp, top_p, u))
+            t_scores = bench(lambda: token_scores(logits, fused))
+            floor = logits.numel() * logits.element_size() / bw * 1e3
+            table.add_row(str(rows), name, str(size), f"{t_sort:.3f}", f"{t_kernel:.3f}", f"{t_fused:.3f}",
+                          f"{t_sort / t_fused:.1f}x", f"{floor:.3f}", f"{t_fused / floor:.1f}", f"{t_scores:.3f}")
     return table
 
 
@@ -174,7 +175,7 @@ def main():
     print(header)
     rates = cpu_pair_acceptance()
     if "sampling" in only:
-        emit(sampling_table(), "gpu_sampling", header)
+        emit(sampling_table(bw), "gpu_sampling", header)
     if "rounds" in only:
         emit(rounds_table(rates, args.quick), "gpu_speculative_rounds", header)
     if "e2e" in only:

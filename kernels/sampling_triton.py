@@ -11,6 +11,13 @@ remaining passes read only those.  One program per row, no host sync: it runs in
 Tokens tied at t* are all kept, as every nucleus path does.  Masses are summed in float64: in a flat
 distribution of 152k tokens a float32 running sum errs by more than one token's probability, so two
 float32 summation orders (this kernel's and a sort's cumsum) would cut the nucleus at different tokens.
+
+Sampling from logits needs no threshold at all (`sample_top_p`, FlashInfer's rejection idea): draw a
+token from the whole distribution by inverse CDF; it is in the nucleus exactly when the mass of the
+tokens more likely than it is below top_p.  If not, draw again from the tokens more likely than it:
+the nucleus lies inside them, so the accepted token follows the renormalized nucleus exactly.  The
+first draw lands in the nucleus with probability >= top_p, so a row costs about three passes (the
+softmax statistics, the draw, stopping where it lands, and the check), one program per row.
 """
 import struct
 
@@ -21,6 +28,9 @@ import triton.language as tl
 CAP = 4096     # bracket size below which the passes read a compacted copy instead of the row
 BLOCK = 1024
 NUM_WARPS = 8
+LOG2E = 1.4426950408889634
+SAMPLE_BLOCK = 4096  # the sampler: one program per row, wide tiles (the fastest of 512-4096 x 4-16 warps
+SAMPLE_WARPS = 16    # on an H100, benchmarks/gpu_speculative.py)
 
 
 @triton.jit
@@ -102,3 +112,80 @@ def top_p_threshold(probs: torch.Tensor, top_p: float, cap: int = CAP) -> torch.
     _top_p_threshold_kernel[(rows.shape[0],)](rows, rows.stride(0), V, top_p, lowest_bits, out, scratch, CAP=cap,
                                               BLOCK=BLOCK, num_warps=NUM_WARPS)
     return out.view(probs.shape[:-1])
+
+
+@triton.jit
+def _probs(x_row, offs, V, m, inv_z, scale):
+    """p = exp((x - m) / T) / Z at offs (0 past V), with m and x both in units of log2 (x * scale)."""
+    return tl.exp2(tl.load(x_row + offs, mask=offs < V, other=float("-inf")) * scale - m) * inv_z
+
+
+@triton.jit
+def _sample_top_p_kernel(X, stride, V, U, OUT, scale, top_p, BLOCK: tl.constexpr):
+    row = tl.program_id(0)
+    x_row = X + row * stride
+    # The softmax statistics in one pass: per-lane running maximum (from a finite floor, so that no
+    # lane subtracts infinities) and rescaled sum.
+    m = tl.full((BLOCK,), -1e30, tl.float32)
+    z = tl.zeros((BLOCK,), tl.float32)
+    for start in range(0, V, BLOCK):
+        offs = start + tl.arange(0, BLOCK)
+        x = tl.load(x_row + offs, mask=offs < V, other=float("-inf")) * scale
+        m_new = tl.maximum(m, x)
+        z = z * tl.exp2(m - m_new) + tl.exp2(x - m_new)
+        m = m_new
+    mx = tl.max(m, 0)
+    inv_z = 1.0 / tl.sum(z * tl.exp2(m - mx), 0)
+
+    pivot = tl.full((), -1.0, tl.float32)   # this round draws among the tokens with p > pivot ...
+    norm = tl.full((), 1.0, tl.float64)     # ... whose mass is norm
+    u = tl.load(U + row)
+    seed = u.to(tl.int32, bitcast=True)
+    token = tl.full((), -1, tl.int32)
+    rnd = 0
+    while token < 0:
+        goal = u.to(tl.float64) * norm
+        # The draw: the first token whose cumulative mass exceeds the goal; stop in the tile it is in.
+        run = tl.zeros((), tl.float64)
+        found = tl.full((), -1, tl.int32)
+        last = tl.zeros((), tl.int32)
+        start = 0
+        while (start < V) & (found < 0):
+            offs = start + tl.arange(0, BLOCK)
+            p = _probs(x_row, offs, V, mx, inv_z, scale)
+            w = tl.where(p > pivot, p, 0.0).to(tl.float64)
+            tile = tl.sum(w, 0)
+            if run + tile > goal:
+                cdf = run + tl.cumsum(w, 0)
+                found = tl.min(tl.where((cdf > goal) & (w > 0), offs, V), 0)
+            last = tl.maximum(last, tl.max(tl.where(w > 0, offs, 0), 0))
+            run += tile
+            start += BLOCK
+        pick = tl.where(found >= 0, found, last)   # rounding left the goal past the end: the last token
+        p_pick = tl.exp2(tl.load(x_row + pick) * scale - mx) * inv_z
+        # The check: the mass strictly more likely than the pick.
+        above = tl.zeros((BLOCK,), tl.float64)
+        for start2 in range(0, V, BLOCK):
+            p = _probs(x_row, start2 + tl.arange(0, BLOCK), V, mx, inv_z, scale)
+            above += tl.where(p > p_pick, p, 0.0).to(tl.float64)
+        mass = tl.sum(above, 0)
+        if mass < top_p:
+            token = pick
+        else:  # outside the nucleus: draw again among the more likely tokens, at a fresh uniform
+            pivot = p_pick
+            norm = mass
+            rnd += 1
+            u = tl.rand(seed, rnd)
+    tl.store(OUT + row, token.to(tl.int64))
+
+
+def sample_top_p(logits: torch.Tensor, temperature: float, top_p: float, u: torch.Tensor) -> torch.Tensor:
+    """logits [B, V] (float32) -> one token per row [B] from the top-p nucleus of softmax(logits / T),
+    by rejection from the row's uniform u [B] (later rounds' uniforms derive from it), without a sort
+    or a threshold and without writing the probabilities."""
+    rows = logits if logits.stride(-1) == 1 else logits.contiguous()
+    out = torch.empty(rows.shape[0], device=rows.device, dtype=torch.int64)
+    _sample_top_p_kernel[(rows.shape[0],)](rows, rows.stride(0), rows.shape[1], u.contiguous(), out,
+                                           LOG2E / temperature, top_p, BLOCK=SAMPLE_BLOCK,
+                                           num_warps=SAMPLE_WARPS)
+    return out

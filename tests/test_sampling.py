@@ -9,7 +9,7 @@ if not torch.cuda.is_available():
     os.environ["TRITON_INTERPRET"] = "1"
 
 from ttsplan.engine.sampling import SamplingParams, draw, nucleus, nucleus_sort_free, token_probs, uniforms  # noqa: E402
-from ttsplan.kernels.sampling_triton import top_p_threshold  # noqa: E402
+from ttsplan.kernels.sampling_triton import sample_top_p, top_p_threshold  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -53,16 +53,16 @@ def test_draw_follows_the_distribution_and_skips_zeros():
     assert torch.allclose(freq, probs[0], atol=0.015)
 
 
-def sort_free_nucleus(probs, top_p, cap=4096):
+def sort_free_nucleus(probs, top_p, cap):
     kept = probs * (probs >= top_p_threshold(probs, top_p, cap).unsqueeze(-1))
     return kept / kept.sum(-1, keepdim=True)
 
 
 def test_sort_free_threshold_keeps_the_sorted_nucleus():
-    """Peaked to flat rows, with the bracket compacted at once (V <= cap) or after full-row passes."""
+    """Peaked to flat rows, with the last bracket sorted (up to cap values) or bisected over the row."""
     gen = torch.Generator().manual_seed(2)
     for scale in (4.0, 2.0, 0.1):
-        for V, cap in ((3001, 4096), (5003, 256)):
+        for V, cap in ((3001, 512), (5003, 8)):
             probs = torch.softmax(torch.randn(3, V, generator=gen) * scale, -1)
             for top_p in (0.5, 0.9, 0.99):
                 got = sort_free_nucleus(probs.to(DEVICE), top_p, cap).cpu()
@@ -89,3 +89,40 @@ def test_sort_free_sampling_draws_what_the_sort_draws():
         expected = want[support].double() * draws
         pvalue = chisquare(counts[support], expected * counts[support].sum() / expected.sum()).pvalue
         assert (pvalue > 1e-3) == should_pass, (p, pvalue)
+
+
+def test_sort_free_threshold_keeps_every_tie():
+    """Logits on a coarse grid tie hundreds of tokens on each value: more than the cap, so the row is
+    bisected, and all tokens tied at the threshold are kept, as the sorting path keeps them."""
+    gen = torch.Generator().manual_seed(5)
+    probs = torch.softmax((torch.randn(2, 4001, generator=gen) * 2).round(), -1)
+    for top_p in (0.5, 0.9):
+        got = sort_free_nucleus(probs.to(DEVICE), top_p, 64).cpu()
+        assert torch.allclose(got, nucleus(probs, top_p), atol=1e-6)
+        kept = probs[got > 0]
+        assert (probs[probs >= kept.min()] > 0).all()
+
+
+def test_fused_sampling_draws_the_sorted_nucleus():
+    """From logits at temperature 0.7, by rejection: chi-square of 4000 draws per top-p against the
+    sorted nucleus (top-p 0.5 rejects the first draw about half the time, so later rounds run too); the
+    nucleus of a slightly smaller top-p (one token fewer) fails the same test."""
+    gen = torch.Generator().manual_seed(6)
+    V, temp, draws = 48, 0.7, 4000
+    logits = torch.randn(1, V, generator=gen) * 0.8
+    probs = torch.softmax(logits / temp, -1)
+    u = uniforms(torch.Generator().manual_seed(7), draws)
+    mass = probs[0].sort(descending=True).values.cumsum(0)
+    for top_p in (0.9, 0.5):
+        want = full_sort_nucleus(probs, top_p)[0]
+        n = int((want > 0).sum())
+        wrong_p = float(mass[n - 3] + mass[n - 2]) / 2
+        assert int((full_sort_nucleus(probs, wrong_p)[0] > 0).sum()) == n - 1
+        for p, should_pass in ((top_p, True),) + (((wrong_p, False),) if top_p == 0.9 else ()):
+            got = sample_top_p(logits.expand(draws, -1).to(DEVICE), temp, p, u.to(DEVICE)).cpu()
+            counts = torch.bincount(got, minlength=V).double()
+            support = want > 0
+            assert counts[~support].sum() == 0
+            expected = want[support].double() * draws
+            pvalue = chisquare(counts[support], expected * counts[support].sum() / expected.sum()).pvalue
+            assert (pvalue > 1e-3) == should_pass, (p, pvalue)

@@ -56,7 +56,7 @@ def nucleus(probs: torch.Tensor, top_p: float, candidates: tuple[int, ...] = (10
     growing k are tried first, and everything is sorted only when none suffices.
     """
     rows = probs.numel() // probs.shape[-1]
-    top_p = float(torch.tensor(top_p, dtype=torch.float32))  # the value the kernel compares against
+    top_p = float32(top_p)
     if probs.is_cuda and rows >= SORT_FREE_MIN_ROWS:
         return nucleus_sort_free(probs, top_p)
     for k in () if probs.is_cuda else candidates:
@@ -71,6 +71,11 @@ def nucleus(probs: torch.Tensor, top_p: float, candidates: tuple[int, ...] = (10
     threshold = top.masked_fill(~inside, float("inf")).amin(-1, keepdim=True)
     kept = probs.masked_fill(probs < threshold, 0.0)
     return kept / kept.sum(-1, keepdim=True)
+
+
+def float32(x: float) -> float:
+    """x rounded to float32: the top-p every path compares against, as the kernels see it."""
+    return float(torch.tensor(x, dtype=torch.float32))
 
 
 def nucleus_sort_free(probs: torch.Tensor, top_p: float) -> torch.Tensor:
@@ -94,15 +99,21 @@ def draw(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
 
 def sample(logits: torch.Tensor, params: SamplingParams, u: torch.Tensor):
     """logits [B, V] -> (tokens [B] drawn at the uniforms u [B], their log-probabilities [B],
-    token confidences [B])."""
-    tokens = draw(token_probs(logits, params), u)
+    token confidences [B]).  On a GPU, top-p sampling without top-k runs in the fused kernel
+    (kernels/sampling_triton.py: the probabilities are never written); elsewhere token_probs and draw."""
+    if logits.is_cuda and params.temperature > 0 and params.top_k == 0 and params.top_p < 1:
+        from ttsplan.kernels.sampling_triton import sample_top_p
+        tokens = sample_top_p(logits.float(), params.temperature, float32(params.top_p), u)
+    else:
+        tokens = draw(token_probs(logits, params), u)
     return tokens, *token_scores(logits, tokens)
 
 
 def token_scores(logits: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """From the model's own distribution (temperature 1): each chosen token's log-probability, and
     DeepConf's token confidence -mean(top-k log-probabilities), large where the model is sure."""
-    logp = torch.log_softmax(logits.float(), dim=-1)
-    chosen = logp.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
-    confidence = -logp.topk(min(CONFIDENCE_TOP_K, logp.shape[-1]), dim=-1).values.mean(-1)
+    logits = logits.float()
+    log_z = torch.logsumexp(logits, dim=-1)  # log-probabilities are logits - log Z: none is written
+    chosen = logits.gather(-1, tokens.unsqueeze(-1)).squeeze(-1) - log_z
+    confidence = log_z - logits.topk(min(CONFIDENCE_TOP_K, logits.shape[-1]), dim=-1).values.mean(-1)
     return chosen, confidence
