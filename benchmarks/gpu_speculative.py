@@ -7,13 +7,13 @@ of the real qwen2.5-coder 0.5b -> 1.5b pair (the timing mode with given acceptan
 weights accept at rates that mean nothing.  Tables:
   sampling   temperature + top-p + draw per step: the full sort, the threshold kernel on softmax's
              probabilities (what verification uses) and the fused kernel from the logits (decode steps)
+  verify     relay attention at q = k + 1: the decode launch shape against the verification ones
   rounds     a real round (graph-replayed, host commit included) against the sum of its parts replayed
              alone (k draft steps, one verification); speedup over the target alone beside the
              speedup those parts and the acceptance predict: tau x step / (k draft + verify)
   e2e        a 512-token prompt, 8 x 256 tokens, with the draft and without
 """
 import argparse
-import statistics
 import time
 
 import torch
@@ -22,12 +22,14 @@ import triton.testing
 from rich.table import Table
 
 from common import emit, today
+from gpu_bench import attention_floors, attention_inputs, bench_ms
 from ttsplan.engine.config import ModelConfig
 from ttsplan.engine.generate import generate
 from ttsplan.engine.model import Transformer
 from ttsplan.engine.sampling import SamplingParams, draw, float32, nucleus_sort_free, token_scores
 from ttsplan.engine.speculative import generate_speculative
 from ttsplan.hardware import copy_bandwidth
+from ttsplan.kernels.relay_attention_triton import Tuning, relay_attention_triton
 from ttsplan.kernels.sampling_triton import sample_top_p
 from ttsplan.measure.profiles import PROFILES, load_task_profile
 from ttsplan.measure.step_cost import PromptCaches, draft_point, step_point
@@ -86,6 +88,27 @@ def sampling_table(bw: float) -> Table:
     return table
 
 
+def verify_attention_table(bw: float) -> Table:
+    """Relay attention at q = k + 1: the decode launch shape against the one launch_shape picks."""
+    table = Table(title="relay attention at q = k + 1 (bf16, head dim 128, 256 own tokens per branch): the decode "
+                        "launch shape against launch_shape's; floors: memory (read once), compute (bf16 peak)")
+    for col in ("heads", "prefix", "N", "q", "decode shape ms", "chosen ms", "speedup", "x mem floor",
+                "x roofline"):
+        table.add_column(col, justify="right")
+    for name, H, hkv in (("28/4", 28, 4), ("12/2", 12, 2)):
+        for lp in (512, 1024, 4096, 16384):
+            for n in (8, 32, 64):
+                for nq in (3, 5, 9):
+                    args = attention_inputs(H, hkv, lp, n, nq, own=256)
+                    _, mem_ms, flop_ms = attention_floors(args, bw)
+                    t_old = bench_ms(lambda: relay_attention_triton(*args, tuning=Tuning()))
+                    t_new = bench_ms(lambda: relay_attention_triton(*args))
+                    table.add_row(name, str(lp), str(n), str(nq), f"{t_old:.4f}", f"{t_new:.4f}",
+                                  f"{t_old / t_new:.2f}x", f"{t_new / mem_ms:.1f}", f"{t_new / flop_ms:.1f}")
+        table.add_section()
+    return table
+
+
 def timed_generation(fn) -> tuple[float, object]:
     """fn() once untimed (kernels compile, graphs capture), then once timed: (decode seconds, result)."""
     fn()
@@ -137,7 +160,7 @@ def end_to_end_table(rates) -> Table:
     n = 8
     table = Table(title=f"end to end, qwen2.5-1.5b shape bf16, {PROMPT}-token prompt, {n} branches x {NEW} tokens; "
                         f"draft qwen2.5-0.5b shape at the CPU pair's acceptance")
-    for col in ("engine", "draft length", "wall s (median of 3)", "prefill s", "graph capture s", "decode tok/s",
+    for col in ("engine", "draft length", "wall s (median run of 3)", "prefill s", "graph capture s", "decode tok/s",
                 "speedup"):
         table.add_column(col, justify="right")
     runs = [("ttsplan, target alone", 0)] + [("ttsplan, with draft", k) for k in (2, 4)]
@@ -149,14 +172,15 @@ def end_to_end_table(rates) -> Table:
                 return generate_speculative(target, draft, prompt, n, params, set(), draft_len=k, acceptance=rates)[:2]
             return generate(target, prompt, n, params, set())
         run(0)
-        walls = []
+        runs = []
         for seed in range(3):
             torch.cuda.synchronize()
             t0 = time.perf_counter()
             _, stats = run(seed)
             torch.cuda.synchronize()
-            walls.append(time.perf_counter() - t0)
-        wall = statistics.median(walls)
+            runs.append((time.perf_counter() - t0, stats))
+            print(f"{name} k={k} seed {seed}: wall {runs[-1][0]:.3f} s, capture {stats.capture_s:.3f} s")
+        wall, stats = sorted(runs, key=lambda r: r[0])[1]  # the median run
         base = base or wall
         table.add_row(name, str(k or "-"), f"{wall:.3f}", f"{stats.prefill_s:.3f}", f"{stats.capture_s:.3f}",
                       f"{stats.tokens_per_s:.0f}", f"{base / wall:.2f}x")
@@ -166,9 +190,9 @@ def end_to_end_table(rates) -> Table:
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--only", choices=["sampling", "rounds", "e2e"], nargs="*")
+    ap.add_argument("--only", choices=["sampling", "verify", "rounds", "e2e"], nargs="*")
     args = ap.parse_args()
-    only = set(args.only or ["sampling", "rounds", "e2e"])
+    only = set(args.only or ["sampling", "verify", "rounds", "e2e"])
     bw = copy_bandwidth(DEV, nbytes=1 << 30)
     header = (f"{torch.cuda.get_device_name()}, copy bandwidth {bw / 1e12:.2f} TB/s (measured in this run), "
               f"torch {torch.__version__}, triton {triton.__version__}, {today()}")
@@ -176,6 +200,8 @@ def main():
     rates = cpu_pair_acceptance()
     if "sampling" in only:
         emit(sampling_table(bw), "gpu_sampling", header)
+    if "verify" in only:
+        emit(verify_attention_table(bw), "gpu_relay_verify", header)
     if "rounds" in only:
         emit(rounds_table(rates, args.quick), "gpu_speculative_rounds", header)
     if "e2e" in only:

@@ -10,7 +10,7 @@ if not torch.cuda.is_available():
 triton = pytest.importorskip("triton")
 
 from reference import concat_attention  # noqa: E402
-from ttsplan.kernels.relay_attention_triton import Tuning, relay_attention_triton  # noqa: E402
+from ttsplan.kernels.relay_attention_triton import VERIFY_WIDE, Tuning, relay_attention_triton  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 DTYPES = [torch.float16, torch.bfloat16] if DEVICE == "cuda" else [torch.float32]
@@ -29,7 +29,7 @@ CASES = [
 
 
 # Small tiles: many splits, row blocks and chunks that straddle the prefix/own boundary.
-TUNINGS = {"default": Tuning(), "small-tiles": Tuning(block_m_max=16, block_n=16, min_tiles=1)}
+TUNINGS = {"default": Tuning(), "small-tiles": Tuning(block_m_max=16, block_n=16, min_tiles=1), "verify-wide": VERIFY_WIDE}
 
 
 @pytest.mark.parametrize("tuning", TUNINGS)

@@ -112,8 +112,7 @@ def sample(logits: torch.Tensor, params: SamplingParams, u: torch.Tensor):
 def token_scores(logits: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """From the model's own distribution (temperature 1): each chosen token's log-probability, and
     DeepConf's token confidence -mean(top-k log-probabilities), large where the model is sure."""
-    logits = logits.float()
-    log_z = torch.logsumexp(logits, dim=-1)  # log-probabilities are logits - log Z: none is written
-    chosen = logits.gather(-1, tokens.unsqueeze(-1)).squeeze(-1) - log_z
-    confidence = log_z - logits.topk(min(CONFIDENCE_TOP_K, logits.shape[-1]), dim=-1).values.mean(-1)
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    chosen = logp.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+    confidence = -logp.topk(min(CONFIDENCE_TOP_K, logp.shape[-1]), dim=-1).values.mean(-1)
     return chosen, confidence
