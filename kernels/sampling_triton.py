@@ -1,12 +1,14 @@
-"""Top-p without a sort: each row's nucleus threshold found by bisection over the probabilities' bits.
+"""Top-p without a sort: a row's nucleus threshold by bisection over the probabilities' bits (where the
+distribution itself is needed: verification), and a token by rejection from the logits (decode steps).
 
 The nucleus of top_p is every token whose probability p_i has less than top_p of the mass strictly
 above it, that is p_i >= t*, where t* is the largest probability value with mass(p >= t*) >= top_p.
 Non-negative floats order as their int32 bit patterns, so t* is found by bisecting the bit range
-[lo, hi) that holds it (from (1 - top_p) / 2V, below which too little mass lies, to just above 1) (mass(p >= lo) >= top_p > mass(p >= hi)): each pass over the row sums the mass
-in the upper half and snaps the new bracket to the nearest probability inside it, until one value is
-left.  Once at most CAP probabilities lie inside the bracket they are copied to a scratch row, and the
-remaining passes read only those.  One program per row, no host sync: it runs inside CUDA graphs.
+[lo, hi) that holds it (mass(p >= lo) >= top_p > mass(p >= hi); from (1 - top_p) / 2V, below which
+too little mass lies, to just above 1): each pass over the row sums the mass in the upper half and
+snaps the new bracket to the nearest probability inside it, until one value is left.  Once at most
+CAP probabilities lie inside the bracket they are copied to a scratch row, and the remaining passes
+read only those.  One program per row, no host sync: it runs inside CUDA graphs.
 
 Tokens tied at t* are all kept, as every nucleus path does.  Masses are summed in float64: in a flat
 distribution of 152k tokens a float32 running sum errs by more than one token's probability, so two
@@ -30,7 +32,7 @@ BLOCK = 1024
 NUM_WARPS = 8
 LOG2E = 1.4426950408889634
 SAMPLE_BLOCK = 4096  # the sampler: one program per row, wide tiles (the fastest of 512-4096 x 4-16 warps
-SAMPLE_WARPS = 16    # on an H100, benchmarks/gpu_speculative.py)
+SAMPLE_WARPS = 16    # in a sweep on an H100, 2026-11-24)
 
 
 @triton.jit
