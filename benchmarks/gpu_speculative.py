@@ -1,6 +1,6 @@
 """Speculative decoding on the GPU, in one run (the device machine): sampling, rounds, speedups, end to end.
 
-    python benchmarks/gpu_speculative.py [--quick]
+    python benchmarks/gpu_speculative.py [--quick] [--only TABLE ...] [--targets qwen2.5-7b ...]
 
 Random weights of the Qwen2.5 shapes, bf16; acceptance drawn per position from the CPU task profile
 of the real qwen2.5-coder 0.5b -> 1.5b pair (the timing mode with given acceptance), since random
@@ -109,24 +109,26 @@ def verify_attention_table(bw: float) -> Table:
     return table
 
 
-def timed_generation(fn) -> tuple[float, object]:
-    """fn() once untimed (kernels compile, graphs capture), then once timed: (decode seconds, result)."""
+def timed_generation(fn, repeats: int = 3) -> tuple[float, object]:
+    """fn() once untimed (kernels compile, graphs capture), then `repeats` times: (decode seconds, result)
+    of the median run, so that one slow run on a shared host does not decide a ratio."""
     fn()
     torch.cuda.synchronize()
-    result = fn()
-    return result[1].decode_s, result
+    median = sorted((fn() for _ in range(repeats)), key=lambda result: result[1].decode_s)[repeats // 2]
+    return median[1].decode_s, median
 
 
-def rounds_table(rates, quick: bool) -> Table:
+def rounds_table(rates, quick: bool, targets: list[str]) -> Table:
     table = Table(title=f"speculative rounds: {PROMPT}-token prompt, {NEW} tokens per branch, bf16, acceptance "
-                        f"per position from the CPU profile of the real pair ({' '.join(f'{a:.2f}' for a in rates[:4])} ...)")
+                        f"per position from the CPU profile of the real pair ({' '.join(f'{a:.2f}' for a in rates[:4])} "
+                        "...); every time the median of 3 runs")
     for col in ("pair", "N", "k", "round ms", "parts ms", "round / parts", "target tok/s", "with draft tok/s",
                 "speedup", "predicted", "achieved / predicted"):
         table.add_column(col, justify="right")
     d_cfg = ModelConfig.shipped("qwen2.5-0.5b")
     draft = Transformer.random(d_cfg, DEV, BF16, seed=1)
     prompt = torch.randint(0, d_cfg.vocab_size, (PROMPT + 1024,), generator=torch.Generator().manual_seed(0)).tolist()
-    for shape in ("qwen2.5-1.5b",) if quick else ("qwen2.5-1.5b", "qwen2.5-7b"):
+    for shape in targets:
         pair_rows(table, shape, draft, prompt, rates, quick)
         torch.cuda.empty_cache()
     return table
@@ -190,6 +192,7 @@ def end_to_end_table(rates) -> Table:
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--targets", nargs="*", default=["qwen2.5-1.5b", "qwen2.5-7b"], help="rounds: the target shapes")
     ap.add_argument("--only", choices=["sampling", "verify", "rounds", "e2e"], nargs="*")
     args = ap.parse_args()
     only = set(args.only or ["sampling", "verify", "rounds", "e2e"])
@@ -203,7 +206,8 @@ def main():
     if "verify" in only:
         emit(verify_attention_table(bw), "gpu_relay_verify", header)
     if "rounds" in only:
-        emit(rounds_table(rates, args.quick), "gpu_speculative_rounds", header)
+        name = "gpu_speculative_rounds" + "".join(f"_{t.split('-')[1]}" for t in args.targets)
+        emit(rounds_table(rates, args.quick, args.targets[:1] if args.quick else args.targets), name, header)
     if "e2e" in only:
         emit(end_to_end_table(rates), "gpu_speculative_end_to_end", header)
 
