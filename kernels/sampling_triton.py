@@ -164,7 +164,7 @@ def _sample_top_p_kernel(X, stride, V, U, OUT, scale, top_p, BLOCK: tl.constexpr
             run += tile
             start += BLOCK
         pick = tl.where(found >= 0, found, last)   # rounding left the goal past the end: the last token
-        p_pick = tl.exp2(tl.load(x_row + pick) * scale - mx) * inv_z
+        p_pick = _probs(x_row, pick, V, mx, inv_z, scale)
         # The check: the mass strictly more likely than the pick.
         above = tl.zeros((BLOCK,), tl.float64)
         for start2 in range(0, V, BLOCK):

@@ -5,6 +5,7 @@ branch's last token through relay attention; finished branches (EOS or length)
 leave the batch.
 """
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -143,6 +144,24 @@ def start_request(model: Transformer, prompt: list[int], n: int, params: Samplin
     return request, tokens
 
 
+@contextmanager
+def decode_clock(stats: GenerationStats, make_runner, device):
+    """Yields make_runner() (the step or round function of a decode loop) and times the loop: building
+    it (graphs captured up front) goes to stats.capture_s, the loop to stats.decode_s, except graphs the
+    runner captures mid-run (its growing capture_s), which count as capture too."""
+    t0 = time.perf_counter()
+    runner = make_runner()
+    synchronize(device)
+    stats.capture_s = time.perf_counter() - t0
+    captured_before = getattr(runner, "capture_s", 0.0)
+    t0 = time.perf_counter()
+    yield runner
+    synchronize(device)
+    lazy = getattr(runner, "capture_s", 0.0) - captured_before
+    stats.decode_s = time.perf_counter() - t0 - lazy
+    stats.capture_s += lazy
+
+
 def generate(model: Transformer, prompt: list[int], n: int, params: SamplingParams,
              eos_ids: set[int], on_step=None, cuda_graphs: bool = True, stop=None,
              limits=None) -> tuple[list[Branch], GenerationStats]:
@@ -153,27 +172,18 @@ def generate(model: Transformer, prompt: list[int], n: int, params: SamplingPara
     cache = KVCache.allocate(cfg, len(prompt), n, params.max_new_tokens, model.dtype, model.device)
     request, tokens = start_request(model, prompt, n, params, eos_ids, [cache], [model], limits)
     stats = request.stats
-    t0 = time.perf_counter()
-    step = decoder(model, cache, n, params, cuda_graphs)
-    synchronize(model.device)
-    stats.capture_s = time.perf_counter() - t0
-    captured_before = getattr(step, "capture_s", 0.0)
-    t0 = time.perf_counter()
-    while keep := request.compact([cache], stop):
-        last = select_rows(tokens, keep).view(-1, 1)
-        B = len(keep)
-        stats.bytes_read += step_bytes(cfg, cache.prefix_len, sum(len(request.branches[b].tokens) for b in request.rows),
-                                       model.dtype)
-        tokens, logprobs, confs = step(last, uniforms(request.gen, B))
-        cache.lens[:B] += 1
-        for row, (tok, lp, c) in enumerate(zip(tokens.tolist(), logprobs.tolist(), confs.tolist())):
-            request.emit(row, [tok], [lp], [c])
-        stats.decode_tokens += B
-        stats.steps += 1
-        if on_step:
-            on_step(stats)
-    synchronize(model.device)
-    lazy = getattr(step, "capture_s", 0.0) - captured_before  # graphs captured mid-run count as capture
-    stats.decode_s = time.perf_counter() - t0 - lazy
-    stats.capture_s += lazy
+    with decode_clock(stats, lambda: decoder(model, cache, n, params, cuda_graphs), model.device) as step:
+        while keep := request.compact([cache], stop):
+            last = select_rows(tokens, keep).view(-1, 1)
+            B = len(keep)
+            stats.bytes_read += step_bytes(cfg, cache.prefix_len,
+                                           sum(len(request.branches[b].tokens) for b in request.rows), model.dtype)
+            tokens, logprobs, confs = step(last, uniforms(request.gen, B))
+            cache.lens[:B] += 1
+            for row, (tok, lp, c) in enumerate(zip(tokens.tolist(), logprobs.tolist(), confs.tolist())):
+                request.emit(row, [tok], [lp], [c])
+            stats.decode_tokens += B
+            stats.steps += 1
+            if on_step:
+                on_step(stats)
     return request.branches, stats

@@ -18,18 +18,16 @@ new lengths run on the device with no host sync (speculative_round), replayed fr
 batch bucket on a GPU (cuda_graphs.GraphRound); the round's results come back in one copy.  Each
 round draws its 2k + 1 uniforms per branch up front, so graphs and eager rounds emit the same tokens.
 """
-import time
 from dataclasses import dataclass, field
 
 import torch
 
-from ttsplan.engine.generate import Branch, GenerationStats, Request, check_request, select_rows, start_request, \
-    step_bytes
+from ttsplan.engine.generate import Branch, GenerationStats, Request, check_request, decode_clock, select_rows, \
+    start_request, step_bytes
 from ttsplan.engine.kv_cache import KVCache
 from ttsplan.engine.model import Transformer
 from ttsplan.engine.sampling import SamplingParams, draw, token_probs, token_scores, uniforms
 from ttsplan.errors import TTSPlanError
-from ttsplan.hardware import synchronize
 
 
 @dataclass
@@ -219,25 +217,18 @@ def generate_speculative(target: Transformer, draft: Transformer, prompt: list[i
     request, first = start_request(target, prompt, n, params, eos_ids, [t_cache, d_cache], [target, draft], limits)
     stats, spec = request.stats, SpecStats(k)
     rates = acceptance_rates(acceptance, k, dev) if acceptance else None
-    t0 = time.perf_counter()
-    run_round = rounder(target, draft, t_cache, d_cache, n, k, params, draft_params, rates, cuda_graphs)
-    synchronize(dev)
-    stats.capture_s = time.perf_counter() - t0
-    captured_before = getattr(run_round, "capture_s", 0.0)
     feed = first.view(n, 1)
-    t0 = time.perf_counter()
-    while keep := request.compact([t_cache, d_cache], stop):
-        feed, B = select_rows(feed, keep), len(keep)
-        fed = sum(len(request.branches[b].tokens) for b in request.rows)
-        stats.bytes_read += sum(step_bytes(draft.cfg, d_cache.prefix_len, fed + j * B, draft.dtype) for j in range(k))
-        stats.bytes_read += step_bytes(cfg, t_cache.prefix_len, fed + k * B, target.dtype)
-        packed, feed = run_round(feed, uniforms(request.gen, B, 2 * k + 1))
-        commit(request, spec, k, packed.tolist())  # the round's one host sync
-        stats.steps += 1
-        if on_step:
-            on_step(stats)
-    synchronize(dev)
-    lazy = getattr(run_round, "capture_s", 0.0) - captured_before
-    stats.decode_s = time.perf_counter() - t0 - lazy
-    stats.capture_s += lazy
+    make_rounder = lambda: rounder(target, draft, t_cache, d_cache, n, k, params, draft_params, rates, cuda_graphs)
+    with decode_clock(stats, make_rounder, dev) as run_round:
+        while keep := request.compact([t_cache, d_cache], stop):
+            feed, B = select_rows(feed, keep), len(keep)
+            fed = sum(len(request.branches[b].tokens) for b in request.rows)
+            stats.bytes_read += sum(step_bytes(draft.cfg, d_cache.prefix_len, fed + j * B, draft.dtype)
+                                    for j in range(k))
+            stats.bytes_read += step_bytes(cfg, t_cache.prefix_len, fed + k * B, target.dtype)
+            packed, feed = run_round(feed, uniforms(request.gen, B, 2 * k + 1))
+            commit(request, spec, k, packed.tolist())  # the round's one host sync
+            stats.steps += 1
+            if on_step:
+                on_step(stats)
     return request.branches, stats, spec
