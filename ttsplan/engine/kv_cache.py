@@ -18,8 +18,10 @@ from ttsplan.errors import TTSPlanError
 
 
 def free_memory_bytes(device: torch.device) -> int:
+    """Bytes an allocation can take: on a GPU the device's free memory and the blocks torch's caching
+    allocator holds unused (freed tensors it keeps for reuse)."""
     if device.type == "cuda":
-        return torch.cuda.mem_get_info(device)[0]
+        return torch.cuda.mem_get_info(device)[0] + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
     return psutil.virtual_memory().available
 
 

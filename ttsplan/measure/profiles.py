@@ -65,6 +65,15 @@ class BatchCost:
 
 
 @dataclass
+class CompactCost:
+    """KVCache.keep_rows over b live rows, `moved` of them moving down, each copying `upto` tokens."""
+    b: int
+    moved: int
+    upto: int
+    ms: float
+
+
+@dataclass
 class DraftCosts:
     model: ModelInfo
     steps: list[StepCost]          # the draft's proposal step, q = 1
@@ -83,6 +92,7 @@ class DeviceProfile:
     prefill: list[PrefillCost]
     loop_overhead: list[BatchCost]   # host bookkeeping per plain decode step, beyond the step itself
     capture: list[BatchCost] = field(default_factory=list)  # CUDA-graph capture per batch bucket (GPU)
+    compaction: list[CompactCost] = field(default_factory=list)  # the cache's compaction after a finish
     draft: DraftCosts | None = None
     software: dict = field(default_factory=dict)
     date: str = ""

@@ -9,6 +9,7 @@
                        at draft length k (GPU; once per request and bucket)
   loop overhead        a real generate() loop's time per step beyond its steps: host bookkeeping
   round overhead       a real speculative round's time beyond its draft steps and its verification
+  compaction           KVCache.keep_rows after a branch finishes: the live rows behind it move down
 
 Each step point (b live branches, q query tokens per branch, shared prompt P, own tokens S per
 branch) runs on a KV cache filled from a real prefill of a P-token prompt (GSM8K text, or random
@@ -29,24 +30,29 @@ from ttsplan.engine.sampling import SamplingParams, token_probs
 from ttsplan.engine.speculative import draft_step, generate_speculative, verify
 from ttsplan.errors import TTSPlanError
 from ttsplan.hardware import synchronize
-from ttsplan.measure.profiles import BatchCost, PrefillCost, StepCost
+from ttsplan.measure.profiles import BatchCost, CompactCost, PrefillCost, StepCost
 
 TIMING_PARAMS = SamplingParams(temperature=0.7, top_p=0.95)
 
 
 @dataclass(frozen=True)
 class Grid:
-    """The axes of a step-cost grid.  Every b x q pair is measured at the core (prompt, own); the
-    prompt x own sweep is measured at the smallest and largest b, q = 1 and the middle q."""
+    """The axes of a step-cost grid.  Every b x q pair is measured at the core (prompt, own) and at
+    each of `contexts` (`decode_contexts` too where q = 1), so that the cost's slope in context is
+    measured at every b and q (the cost model interpolates between them); the prompt x own sweep is
+    measured at the smallest and largest b, q = 1 and the middle q."""
     branches: tuple[int, ...]
     query: tuple[int, ...]
     prompt: tuple[int, ...]
     own: tuple[int, ...]
     core: tuple[int, int]
+    contexts: tuple[tuple[int, int], ...] = ()
+    decode_contexts: tuple[tuple[int, int], ...] = ()
 
     def points(self, window: int, query: tuple[int, ...] | None = None) -> list[tuple[int, int, int, int]]:
         query = query or self.query
-        pts = [(b, q, *self.core) for b in self.branches for q in query]
+        pts = [(b, q, p, s) for b in self.branches for q in query
+               for p, s in (self.core, *self.contexts, *(self.decode_contexts if q == 1 else ()))]
         sweep_q = sorted({query[0], query[len(query) // 2]})
         pts += [(b, q, p, s) for b in sorted({self.branches[0], self.branches[-1]}) for q in sweep_q
                 for p in self.prompt for s in self.own]
@@ -59,14 +65,21 @@ class Grid:
 
     def as_dict(self) -> dict:
         return {"branches": list(self.branches), "query": list(self.query), "prompt": list(self.prompt),
-                "own": list(self.own), "core": list(self.core)}
+                "own": list(self.own), "core": list(self.core), "contexts": [list(c) for c in self.contexts],
+                "decode_contexts": [list(c) for c in self.decode_contexts]}
+
+    def powers_of_two(self) -> list[int]:
+        """The batch sizes that are CUDA-graph buckets (cuda_graphs.bucket) of every larger batch."""
+        return [b for b in self.branches if b & (b - 1) == 0]
 
 
 GRIDS = {
     ("cpu", False): Grid((1, 2, 4, 8, 16), (1, 2, 3, 5, 9), (128, 1024), (0, 256, 512), (128, 256)),
     ("cpu", True): Grid((1, 4, 16), (1, 3), (128,), (0, 256), (128, 128)),
-    ("cuda", False): Grid((1, 2, 4, 8, 16, 32, 64, 128), (1, 2, 3, 5, 9), (128, 1024, 8192), (0, 512, 2048),
-                          (1024, 512)),
+    # Every b a plan's full batch or graph bucket can take is measured or has neighbours 1.5x apart; the
+    # core and contexts are plain attention (prompts under 512 tokens, as every shipped task's) and relay.
+    ("cuda", False): Grid((1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128), (1, 2, 3, 5, 9), (64, 512, 8192), (0, 1536),
+                          (128, 256), contexts=((128, 768),), decode_contexts=((2048, 0),)),
     ("cuda", True): Grid((1, 8, 64), (1, 5), (512,), (0, 512), (512, 256)),
 }
 LOOP_STEPS = {"cpu": 24, "cuda": 64}
@@ -116,18 +129,20 @@ def capacity_for(own: int, q: int) -> int:
     return 512 * -(-(own + q + 1) // 512)
 
 
-def check_grid_fits(models: list[Transformer], points) -> None:
-    """Refuse, before any allocation, a grid whose largest KV cache cannot fit in free memory."""
+def fitting_points(models: list[Transformer], points) -> tuple[list, list]:
+    """(points whose KV caches fit in free memory, points that do not), decided before any allocation.
+    Refused when not even the smallest point fits."""
     def need(pt):
         b, q, p, s = pt
         return sum(kv_cache_bytes(m.cfg, p, b, capacity_for(s, q), m.dtype) for m in models)
-    worst = max(points, key=need)
     free = free_memory_bytes(models[0].device)
-    if need(worst) > 0.9 * free:
-        b, q, p, s = worst
-        raise TTSPlanError(f"the grid point b={b}, q={q}, prompt {p}, own {s} needs {need(worst) / 2**30:.2f} GiB of "
-                           f"KV cache but only {free / 2**30:.2f} GiB is free on {models[0].device}: use --quick, "
-                           "fewer --branches or shorter --prompts/--own")
+    fits = [pt for pt in points if need(pt) <= 0.9 * free]
+    if points and not fits:
+        b, q, p, s = min(points, key=need)
+        raise TTSPlanError(f"the grid point b={b}, q={q}, prompt {p}, own {s} needs {need((b, q, p, s)) / 2**30:.2f} "
+                           f"GiB of KV cache but only {free / 2**30:.2f} GiB is free on {models[0].device}: use "
+                           "--quick or fewer --branches")
+    return fits, [pt for pt in points if pt not in fits]
 
 
 class PromptCaches:
@@ -229,6 +244,17 @@ def round_capture_point(target: Transformer, draft: Transformer, t_caches: Promp
     return BatchCost(b, k, round(graphs.capture_s * 1e3, 4))
 
 
+def compaction_point(model: Transformer, caches: PromptCaches, b: int, moved: int, upto: int, prompt: int,
+                     repeats: int, budget_s: float) -> CompactCost:
+    """KVCache.keep_rows with the last `moved` of b live rows moving down one place (the row before them
+    finished), copying `upto` tokens each: what a finish costs the decode loop."""
+    cache = caches.cache(prompt, b, upto)
+    keep = [r for r in range(b) if r != b - 1 - moved]
+    ms, _, _, _ = timed(lambda: cache.keep_rows(keep, upto), model.device, warmup=2, repeats=repeats,
+                        budget_s=budget_s)
+    return CompactCost(b, moved, upto, round(ms, 4))
+
+
 def loop_overhead_point(model: Transformer, caches: PromptCaches, b: int, prompt: int, steps: int,
                         repeats: int, budget_s: float) -> BatchCost:
     """A real generate() of `steps` decode steps from a `prompt`-token prompt, less `steps` isolated
@@ -265,25 +291,35 @@ REPEATS = {"cpu": (7, 3.0), "cuda": (15, 0.6)}  # (most repeats, seconds per poi
 DRAFT_LENGTHS = (1, 2, 4, 8)
 
 
+ROUND_BRANCHES = (1, 4, 16, 64, 128)  # round overheads at these b (where the grid has them)
+COMPACT_UPTO = (64, 1024)             # compaction: tokens each moved row copies
+
+
 def plan_tasks(grid: Grid, window: int, draft_window: int | None, on_gpu: bool) -> list[tuple]:
     """Everything a device profile measures, as keys: ('step', b, q, P, S), ('prefill', P),
-    ('capture', b), ('loop', b), ('draft', b, P, S), ('draft-prefill', P), ('round', b, k); ordered so that points of
-    one prompt length run together (one prefill each)."""
-    tasks = [("step", *pt) for pt in grid.points(window)]
-    tasks += [("prefill", p) for p in sorted({*grid.prompt, grid.core[0]})]
+    ('capture', b), ('loop', b), ('compact', b, moved, upto), ('draft', b, P, S), ('draft-prefill', P),
+    ('round', b, k), ('round-capture', b, k); ordered so that points of one prompt length run together
+    (one prefill each).  Verification (q > 1) is measured only with a draft."""
+    query = grid.query if draft_window is not None else (1,)
+    tasks = [("step", *pt) for pt in grid.points(window, query)]
+    prompts = sorted({*grid.prompt, grid.core[0], *(p for p, _ in grid.contexts + grid.decode_contexts)})
+    tasks += [("prefill", p) for p in prompts]
     ends = sorted({grid.branches[0], grid.branches[len(grid.branches) // 2], grid.branches[-1]})
+    buckets = grid.powers_of_two() if on_gpu else ends
     if on_gpu:
         tasks += [("capture", b) for b in grid.branches]
-    tasks += [("loop", b) for b in ends]
+    tasks += [("loop", b) for b in buckets]
+    tasks += [("compact", b, moved, upto) for b in buckets if b > 1 for moved in (0, b - 1) for upto in COMPACT_UPTO
+              if upto + 1 <= window]
     if draft_window is not None:
         tasks += [("draft", b, p, s) for b, _, p, s in grid.points(min(window, draft_window), query=(1,))]
-        tasks += [("draft-prefill", p) for p in sorted({*grid.prompt, grid.core[0]})]
-        tasks += [("round", b, k) for b in sorted({grid.branches[0], grid.branches[-1]}) for k in DRAFT_LENGTHS
-                  if k + 1 in grid.query]
+        tasks += [("draft-prefill", p) for p in prompts]
+        round_b = sorted({grid.branches[0], grid.branches[-1], *(b for b in ROUND_BRANCHES if b in grid.branches)})
+        tasks += [("round", b, k) for b in round_b for k in DRAFT_LENGTHS if k + 1 in grid.query]
         if on_gpu:
-            tasks += [("round-capture", b, k) for b in ends for k in DRAFT_LENGTHS if k + 1 in grid.query]
-    order = {"step": 0, "draft": 1, "prefill": 2, "draft-prefill": 2, "capture": 3, "loop": 4, "round": 5,
-             "round-capture": 6}
+            tasks += [("round-capture", b, k) for b in buckets for k in DRAFT_LENGTHS if k + 1 in grid.query]
+    order = {"step": 0, "draft": 1, "prefill": 2, "draft-prefill": 2, "capture": 3, "loop": 4, "compact": 4,
+             "round": 5, "round-capture": 6}
     prompt_of = {"step": lambda t: t[3], "draft": lambda t: t[2]}
     return sorted(tasks, key=lambda t: (order[t[0]], prompt_of.get(t[0], lambda t: 0)(t)))
 
@@ -293,6 +329,7 @@ def measured_keys(profile) -> set[tuple]:
     keys |= {("prefill", p.prompt) for p in profile.prefill}
     keys |= {("capture", c.b) if c.k == 0 else ("round-capture", c.b, c.k) for c in profile.capture}
     keys |= {("loop", c.b) for c in profile.loop_overhead}
+    keys |= {("compact", c.b, c.moved, c.upto) for c in profile.compaction}
     if profile.draft:
         keys |= {("draft", s.b, s.prompt, s.own) for s in profile.draft.steps}
         keys |= {("round", c.b, c.k) for c in profile.draft.round_overhead}
@@ -310,8 +347,13 @@ def measure_device(profile, out, model: Transformer, prompt_ids: list[int], grid
     window = model.cfg.max_position_embeddings
     tasks = [t for t in plan_tasks(grid, window, draft.cfg.max_position_embeddings if draft else None,
                                    dev.type == "cuda") if t not in measured_keys(profile)]
-    step_points = [t[1:] for t in tasks if t[0] == "step"] or [(1, 1, grid.core[0], grid.core[1])]
-    check_grid_fits([model] + ([draft] if draft else []), step_points)
+    _, too_large = fitting_points([model] + ([draft] if draft else []),
+                                  [t[1:] for t in tasks if t[0] == "step"] + [t[1:2] + (1,) + t[2:] for t in tasks
+                                                                             if t[0] == "draft"])
+    tasks = [t for t in tasks if not (t[0] == "step" and t[1:] in too_large or
+                                      t[0] == "draft" and t[1:2] + (1,) + t[2:] in too_large)]
+    if on_task and too_large:
+        on_task(f"(skipping {len(too_large)} points too large for free memory)", False, len(tasks))
     t_caches = PromptCaches(model, prompt_ids)
     d_caches = PromptCaches(draft, prompt_ids) if draft else None
     for task in tasks:
@@ -326,6 +368,8 @@ def measure_device(profile, out, model: Transformer, prompt_ids: list[int], grid
             profile.capture.append(round_capture_point(model, draft, t_caches, d_caches, *args, *grid.core))
         elif kind == "capture":
             profile.capture.append(capture_point(model, t_caches, args[0], *grid.core))
+        elif kind == "compact":
+            profile.compaction.append(compaction_point(model, t_caches, *args, grid.core[0], repeats, budget))
         elif kind == "loop":
             profile.loop_overhead.append(loop_overhead_point(model, t_caches, args[0], grid.core[0],
                                                              LOOP_STEPS[dev.type], repeats, budget))
