@@ -137,6 +137,27 @@ def test_draft_whose_vocabulary_is_a_prefix_of_the_targets(smol):
         generate_speculative(model, target, ids, 2, params, set(), draft_len=3)
 
 
+def test_target_only_tokens_reach_the_draft_as_its_own(smol):
+    """A target that samples ids beyond the draft's vocabulary (random Qwen2.5-32B weights do, against the
+    0.5B draft) and a prompt holding one: the draft is fed them as its last id, and greedy output stays
+    the target's alone, token for token."""
+    import copy
+    from dataclasses import replace
+    from ttsplan.engine.model import Linear
+    tokenizer, model = smol
+    extra = 64
+    target = copy.copy(model)
+    target.cfg = replace(model.cfg, vocab_size=model.cfg.vocab_size + extra)
+    target.embed = torch.cat([model.embed, model.embed[:extra]])
+    target.lm_head = Linear(torch.cat([model.embed, 2 * model.embed[:extra]]))  # extra id j: token j, surer
+    ids = chat_ids(tokenizer, "Count to five.") + [model.cfg.vocab_size + 3]
+    params = SamplingParams(temperature=0, max_new_tokens=16)
+    want, _ = generate(target, ids, 1, params, set())
+    assert any(t >= model.cfg.vocab_size for t in want[0].tokens)
+    got, _, _ = generate_speculative(target, model, ids, 2, params, set(), draft_len=3)
+    assert all(b.tokens == want[0].tokens for b in got)
+
+
 def test_given_acceptance_replaces_the_models_own(smol):
     """Timing mode: a draft identical to the target accepts everything by itself; given rates of 0 it
     accepts nothing, given 1 everything, and given (0.9, 0.5) its per-position rates match them."""

@@ -12,7 +12,7 @@ import torch
 
 from ttsplan.engine.config import ModelConfig
 from ttsplan.engine.kv_cache import KVCache
-from ttsplan.engine.model import Transformer
+from ttsplan.engine.model import Transformer, in_vocab
 from ttsplan.engine.sampling import SamplingParams, sample, uniforms
 from ttsplan.errors import TTSPlanError
 from ttsplan.hardware import synchronize
@@ -135,7 +135,7 @@ def start_request(model: Transformer, prompt: list[int], n: int, params: Samplin
                       torch.Generator(device=model.device).manual_seed(params.seed), params, eos_ids)
     t0 = time.perf_counter()
     prompt_t = torch.tensor(prompt, dtype=torch.long)
-    logits = [m.prefill(prompt_t, c) for m, c in zip(models, caches)][0].expand(n, -1)
+    logits = [m.prefill(in_vocab(prompt_t, m), c) for m, c in zip(models, caches)][0].expand(n, -1)
     tokens, logprobs, confs = sample(logits, params, uniforms(request.gen, n))
     for row, (tok, lp, c) in enumerate(zip(tokens.tolist(), logprobs.tolist(), confs.tolist())):
         request.emit(row, [tok], [lp], [c])

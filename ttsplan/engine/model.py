@@ -76,6 +76,12 @@ def random_state_dict(cfg: ModelConfig, device: torch.device, dtype: torch.dtype
     return state
 
 
+def in_vocab(tokens: torch.Tensor, model: "Transformer") -> torch.Tensor:
+    """tokens as `model` can embed them: a draft whose vocabulary is a prefix of its target's is fed the
+    target's extra ids as its own last id (the draft only proposes, so the output stays the target's)."""
+    return tokens.clamp(max=model.cfg.vocab_size - 1)
+
+
 def default_dtype(device: str | torch.device) -> torch.dtype:
     """float32 on the CPU (bf16 matmuls are slow without AVX-512), bfloat16 on a GPU."""
     return torch.float32 if torch.device(device).type == "cpu" else torch.bfloat16

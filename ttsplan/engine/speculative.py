@@ -25,7 +25,7 @@ import torch
 from ttsplan.engine.generate import Branch, GenerationStats, Request, check_request, decode_clock, select_rows, \
     start_request, step_bytes
 from ttsplan.engine.kv_cache import KVCache
-from ttsplan.engine.model import Transformer
+from ttsplan.engine.model import Transformer, in_vocab
 from ttsplan.engine.sampling import SamplingParams, draw, token_probs, token_scores, uniforms
 from ttsplan.errors import TTSPlanError
 
@@ -104,7 +104,7 @@ def draft_step(draft: Transformer, d_cache: KVCache, feed: torch.Tensor, draft_p
     """The draft scores feed [B, f] for every live branch, commits it, and draws one token per branch
     from the last position at the uniforms u [B]: (tokens [B], the distributions they were drawn from [B, V])."""
     B = feed.shape[0]
-    d_logits = draft.decode(feed, d_cache, static)[:, -1]
+    d_logits = draft.decode(in_vocab(feed, draft), d_cache, static)[:, -1]
     d_cache.lens[:B] += feed.shape[1]
     q = token_probs(d_logits, draft_params)
     return draw(q, u), q
