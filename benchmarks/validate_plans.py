@@ -1,24 +1,18 @@
 """Validate the planner by running plans: predicted against measured latency, and accuracy.
 
-    python benchmarks/validate_plans.py gpu-measure --out FILE.json      (the GPU machine)
-    python benchmarks/validate_plans.py gpu-report FILE.json              (here: predictions, table)
     python benchmarks/validate_plans.py cpu-latency                       (this CPU, real models)
     python benchmarks/validate_plans.py cpu-accuracy                      (this CPU, real models)
     python benchmarks/validate_plans.py headline                          (budgets: latency-optimal vs baselines)
 
-GPU: random weights of each shipped shape, each branch run to a length drawn from the task profile
-(`run --lengths-from`); every request is predicted from its own drawn lengths, so the error is the cost
-model's and the replay's, not the luck of the draw.  CPU: real models on GSM8K problems the task
+(Plans drawn at random off the grid, on a GPU or this CPU: benchmarks/validate_latency.py.)  CPU: real models on GSM8K problems the task
 profile never saw (from problem 1000 on): predicted mean latency (over the profile's draws) against
 the measured mean, and the same prediction from each request's actual branch lengths; and measured
 accuracy against the predicted 95% interval.
 """
 import argparse
-import json
 import statistics
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -27,71 +21,9 @@ from rich.table import Table
 from common import RESULTS, emit, today
 from ttsplan.planning.plan import Plan
 
-SHAPES = ("qwen2.5-0.5b", "qwen2.5-1.5b", "qwen2.5-3b", "qwen2.5-7b")
-GPU_PLANS = [(n, cap) for n in (1, 4, 8, 16) for cap in (256, 512)]
-GPU_DRAFT_PLANS = [(n, 256, k) for n in (1, 4) for k in (2, 4)]
-DRAFTS = {"qwen2.5-1.5b": "qwen2.5-0.5b", "qwen2.5-7b": "qwen2.5-0.5b"}  # as the H100 profiles were measured
 ACCEPTANCE = Path("profiles/tasks/qwen2.5-coder-1.5b-gsm8k/task.yaml")
 LENGTHS = Path("profiles/tasks/qwen2.5-coder-0.5b-gsm8k/task.yaml")
 HELD_OUT = 1000
-
-
-def gpu_measure(args):
-    import torch
-    from ttsplan.measure.profiles import load_task_profile
-    from ttsplan.planning.latency import drawn_request
-    from ttsplan.runner import given_acceptance, random_models, time_request
-    task = load_task_profile(args.lengths)
-    rates = given_acceptance(str(args.acceptance), 0.7)
-    rows = []
-    for shape in args.shapes:
-        draft = DRAFTS.get(shape) if args.draft_plans else None
-        model, draft_model = random_models(shape, draft, "cuda")
-        plans = [(n, cap, 0) for n, cap in GPU_PLANS] if not args.draft_plans else \
-            [(n, cap, k) for n, cap, k in GPU_DRAFT_PLANS] if draft else []
-        for n, cap, k in plans:
-            plan = Plan(model=shape, branches=n, max_new_tokens=cap, draft=draft if k else None, draft_len=k)
-            for draw in range(args.draws):
-                limits, prompt = drawn_request(task, n, cap, seed=1000 * n + draw)
-                _, stats, spec, seconds = time_request(model, draft_model if k else None, replace(plan, seed=draw),
-                                                       prompt, limits, acceptance=rates if k else None)
-                rows.append({"shape": shape, "branches": n, "cap": cap, "k": k, "acceptance": list(rates) if k else [],
-                             "draw": draw, "lengths": limits, "prompt": prompt, "seconds": seconds,
-                             "prefill_s": stats.prefill_s, "capture_s": stats.capture_s, "decode_s": stats.decode_s})
-                print(shape, n, cap, k, draw, f"{seconds:.3f}", flush=True)
-        del model, draft_model
-        torch.cuda.empty_cache()
-        Path(args.out).write_text(json.dumps({"device": torch.cuda.get_device_name(), "date": today(), "rows": rows}))
-
-
-def gpu_report(args):
-    from ttsplan.measure.profiles import load_device_profile
-    from ttsplan.planning.latency import Decoding, DeviceCosts, predict_request
-    data = json.loads(Path(args.measurements).read_text())
-    table = Table(title=f"predicted against measured request latency, {data['device']}, {data['date']}")
-    for col in ("shape", "N", "cap", "draft k", "requests", "measured mean s", "predicted mean s", "error",
-                "|error| per request"):
-        table.add_column(col, justify="right")
-    by_shape, costs = {}, {}
-    keys = dict.fromkeys((r["shape"], r["branches"], r["cap"], r.get("k", 0)) for r in data["rows"])
-    for shape, n, cap, k in keys:
-        if shape not in costs:
-            costs[shape] = DeviceCosts.fit(load_device_profile(Path(f"profiles/device/h100-relay-{shape}.yaml")))
-        rows = [r for r in data["rows"] if (r["shape"], r["branches"], r["cap"], r.get("k", 0)) == (shape, n, cap, k)]
-        dec = Decoding(k, tuple(rows[0]["acceptance"])) if k else Decoding()
-        pred = [predict_request(costs[shape], r["lengths"], r["prompt"], dec, on_gpu=True) for r in rows]
-        meas = [r["seconds"] for r in rows]
-        err = statistics.mean(pred) / statistics.mean(meas) - 1
-        per = statistics.mean(abs(p / m - 1) for p, m in zip(pred, meas))
-        by_shape.setdefault(shape, []).append(abs(err))
-        table.add_row(shape, str(n), str(cap), str(k or "-"), str(len(rows)), f"{statistics.mean(meas):.3f}",
-                      f"{statistics.mean(pred):.3f}", f"{err:+.1%}", f"{per:.1%}")
-    table.add_section()
-    for shape, errs in by_shape.items():
-        table.add_row(shape, "MAPE", "", "", "", "", "", f"{statistics.mean(errs):.1%}", "")
-    emit(table, args.name, f"GPU plan validation ({data['device']}, {data['date']}): random weights, bf16, "
-                           f"branch lengths drawn from {LENGTHS}" +
-                           (f", acceptance drawn from {ACCEPTANCE}" if any(r.get("k") for r in data["rows"]) else ""))
 
 
 def cpu_plans():
@@ -161,7 +93,7 @@ def cpu_latency(args):
         errors.append(abs(lat.mean_s / mean - 1))
         cells = ["-", "-"]
         if not plan.early_stop:
-            from_lengths = statistics.mean(predict_request(replay.costs, r["lengths"], r["prompt_tokens"], dec, False)
+            from_lengths = statistics.mean(predict_request(replay.costs, r["lengths"], r["prompt_tokens"], dec, False).mean_s
                                            for r in rows)
             length_errors.append(abs(from_lengths / mean - 1))
             cells = [f"{from_lengths:.1f}", f"{from_lengths / mean - 1:+.1%}"]
@@ -240,24 +172,13 @@ def headline(args):
 def main():
     ap = argparse.ArgumentParser()
     sub = ap.add_subparsers(dest="mode", required=True)
-    m = sub.add_parser("gpu-measure")
-    m.add_argument("--shapes", nargs="+", default=list(SHAPES))
-    m.add_argument("--lengths", type=Path, default=LENGTHS)
-    m.add_argument("--draws", type=int, default=3)
-    m.add_argument("--draft-plans", action="store_true", help="plans with the profiled draft, acceptance drawn from "
-                                                               "--acceptance (a rate or a task profile)")
-    m.add_argument("--acceptance", default=ACCEPTANCE)
-    m.add_argument("--out", required=True)
-    r = sub.add_parser("gpu-report")
-    r.add_argument("measurements")
-    r.add_argument("--name", default="gpu_validation", help="results file name under benchmarks/results")
     for name in ("cpu-latency", "cpu-accuracy"):
         c = sub.add_parser(name)
         c.add_argument("--problems", type=int, default=8 if name == "cpu-latency" else 32)
     sub.add_parser("headline")
     args = ap.parse_args()
     t0 = time.time()
-    {"gpu-measure": gpu_measure, "gpu-report": gpu_report, "cpu-latency": cpu_latency, "cpu-accuracy": cpu_accuracy,
+    {"cpu-latency": cpu_latency, "cpu-accuracy": cpu_accuracy,
      "headline": headline}[args.mode](args)
     print(f"{args.mode}: {time.time() - t0:.0f} s", file=sys.stderr)
 

@@ -7,8 +7,6 @@ from rich.table import Table
 
 from ttsplan.voting import VOTE_RULES
 
-MAX_PLAUSIBLE_TFLOPS = 5000.0
-
 
 def _table(title: str, columns, caption: str | None = None) -> Table:
     table = Table(title=title, caption=caption)
@@ -43,6 +41,8 @@ def device_tables(profile, costs) -> list[Table]:
         other.add_row("graph capture" if c.k == 0 else f"round graph capture, k={c.k}", f"b={c.b}", f"{c.ms:.2f}")
     for c in profile.loop_overhead:
         other.add_row("loop overhead per step", f"b={c.b}", f"{c.ms:.3f}")
+    for c in profile.compaction:
+        other.add_row("compaction", f"b={c.b}, {c.moved} rows of {c.upto} tokens moved", f"{c.ms:.3f}")
     tables = [steps, sweep, other]
     if profile.draft:
         draft = _table(f"draft {profile.draft.model.name}: step and round costs", ["what", "at", "ms"])
@@ -53,24 +53,33 @@ def device_tables(profile, costs) -> list[Table]:
         for c in profile.draft.round_overhead:
             draft.add_row("round overhead", f"b={c.b}, k={c.k}", f"{c.ms:.3f}")
         tables.append(draft)
-    tables.append(fit_table(costs))
+    tables.append(fit_table(costs, profile))
     return tables
 
 
-def fit_table(costs) -> Table:
-    table = _table("step-cost model (scipy least squares, roofline shape)",
-                   ["model", "points", "in-sample error", "held-out error (5-fold)", "held-out q=1", "held-out q>1",
-                    "held-out max", "fixed ms", "bandwidth GB/s", "TFLOP/s"])
-    for name, m in (("target", costs.target), ("draft", costs.draft)):
+def fit_table(costs, profile) -> Table:
+    """The step-cost interpolant: its error where it must interpolate (whole b levels left out), the
+    per-thousand-token costs behind it, and the latency model's error on plans off the grid."""
+    table = _table("step-cost model (interpolated between measured levels)",
+                   ["model", "points", "b levels left out", "held-out error", "held-out max",
+                    "base ms at b = 1 / max", "ms per 1k own KV tokens", "own KV GB/s"])
+    kv = lambda cfg: 2 * cfg["num_layers"] * cfg["num_kv_heads"] * cfg["head_dim"] * (4 if profile.dtype == "float32" else 2)
+    models = (("target", costs.target, profile.model), ("draft", costs.draft, profile.draft.model if profile.draft else None))
+    for name, m, info in models:
         if m is None:
             continue
-        p = m.parameters
-        tflops = p["flops_decode"] / 1e9
-        # Beyond any device's peak: no measured decode step was compute-bound, the roof is unconstrained.
-        roof = f"{tflops:.3f}" if tflops < MAX_PLAUSIBLE_TFLOPS else "not reached"
-        table.add_row(name, str(m.points), f"{m.in_sample_error:.1%}", f"{m.held_out_error:.1%}",
-                      f"{m.held_out_decode:.1%}", f"{m.held_out_verify:.1%}", f"{m.held_out_max:.1%}",
-                      f"{p['fixed_decode']:.3f}", f"{p['bandwidth_decode'] / 1e6:.1f}", roof)
+        levels = m.level_table(1)
+        slope = float(np.median([lv[2] for lv in levels if lv[0] >= 16] or [lv[2] for lv in levels]))
+        gbs = kv(info.config) * 1e3 / (slope * 1e-3) / 1e9 if slope > 0 else float("nan")
+        table.add_row(name, str(m.points), str(m.held_out_levels), f"{m.held_out_error:.1%}", f"{m.held_out_max:.1%}",
+                      f"{levels[0][1]:.2f} / {levels[-1][1]:.2f}", f"{slope:.4f}", f"{gbs:.0f}")
+    v = profile.validation
+    if v:
+        table.caption = (f"plans off the grid ({v['requests']} requests, {v['device']}, {v['date']}): MAPE "
+                         f"{v['mape']:.1%}, log(measured / predicted) {v['log_ratio_mean']:+.3f} +- "
+                         f"{v['log_ratio_sd']:.3f}: the p90 a budget is held to is widened by it")
+    else:
+        table.caption = "no validation on plans off the grid stored: the p90 is not widened"
     return table
 
 

@@ -93,6 +93,9 @@ class DeviceProfile:
     loop_overhead: list[BatchCost]   # host bookkeeping per plain decode step, beyond the step itself
     capture: list[BatchCost] = field(default_factory=list)  # CUDA-graph capture per batch bucket (GPU)
     compaction: list[CompactCost] = field(default_factory=list)  # the cache's compaction after a finish
+    # The latency model checked on plans off its grid (benchmarks/validate_latency.py): requests, date,
+    # MAPE, and log(measured / predicted) mean and spread, which widen the p90 a budget is held to.
+    validation: dict = field(default_factory=dict)
     draft: DraftCosts | None = None
     software: dict = field(default_factory=dict)
     date: str = ""

@@ -1,145 +1,145 @@
-"""The step-cost model: a device profile's measured points fitted to a roofline shape with scipy.
+"""The step-cost model: a device profile's measured steps, interpolated where plans run.
 
-A decode step over b live branches, q query tokens each, a shared prompt of P tokens and S own
-tokens per branch costs
+A step runs a graph of b rows (the CUDA-graph bucket of the live branches on a GPU), `live` of them
+holding a branch, with q query tokens per row, a shared prompt of P tokens and S own tokens per
+branch.  At each measured batch level b and query level q,
 
-    t = c0 + c_batched [b > 1] + c_row b q + smoothmax(bytes / BW, flops / F)     (per kind)
+    ms = base(b, q) + own_ms(b, q) * live (S + q [+ P in plain mode]) / 1000 + prefix_ms(b, q) * P / 1000 [relay mode]
 
-    bytes = weights + kv_token * (P + b (S + q))            (the prompt's KV is read once: relay)
-    flops = 2 params b q + 4 layers heads head_dim b q (P + S + q)
-
-with one parameter set per kind: 'decode' (q = 1: the engine's decode step and sampling, a
-CUDA-graph replay on a GPU) and 'verify' (q > 1: the speculative verification, run eagerly).  c0 is
-the fixed cost of a step (launches, host sync), c_batched what a batch of more than one branch adds
-(batched GEMMs and relay attention where one branch takes GEMV and plain attention), c_row the
-per-row cost of sampling over the vocabulary, and smoothmax(x, y) = (x^4 + y^4)^(1/4) the roofline's
-knee.  BW and F are fitted: the bandwidth and throughput the step actually reaches.  Fitted in log space (relative error) by scipy.optimize.least_squares; the held-out
-error comes from 5-fold cross-validation over the measured points.
+base: the step with no context (weights, launches, sampling b rows); own_ms: per thousand KV tokens
+each branch reads itself; prefix_ms: per thousand prompt tokens read once for all branches (relay
+attention, whose prefix pass also grows with b).  In plain mode (one row, a prompt under the relay
+kernel's threshold, or a backend without relay, vLLM) every branch reads the prompt itself.  The three
+are estimated per level from its points by non-negative least squares; a slope that a level's points
+do not determine is read from the nearest levels that do.  Between levels every quantity is linear in
+b and in q, held flat beyond the ends: an interpolant, not a curve, so its error is measured by leaving
+out whole b levels (`held_out_error`), where interpolation must carry it.
 """
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.optimize import least_squares
+from scipy.optimize import nnls
 
-from ttsplan.measure.profiles import BatchCost, PrefillCost, StepCost
+from ttsplan.measure.profiles import BatchCost, CompactCost, PrefillCost, StepCost
 
-KNEE = 4.0
-NAMES = tuple(f"{name}_{kind}" for kind in ("decode", "verify")
-              for name in ("fixed", "batched", "row", "bandwidth", "flops"))
+PARAMS = ("base", "own_ms", "prefix_ms")
 
 
-@dataclass(frozen=True)
-class ModelShape:
-    """What the cost model needs of a model: bytes and FLOPs per token."""
-    weight_bytes: float
-    kv_token_bytes: float
-    params: float           # multiply-adds per token through the weights
-    attn_width: float       # layers * heads * head_dim: attention multiply-adds per key, per query token
-
-    @classmethod
-    def from_config(cls, cfg: dict, dtype: str) -> "ModelShape":
-        width = {"float32": 4, "bfloat16": 2, "float16": 2}[dtype]
-        e, f, h, kv = cfg["hidden_size"], cfg["intermediate_size"], cfg["num_heads"], cfg["num_kv_heads"]
-        d, layers, vocab = cfg["head_dim"], cfg["num_layers"], cfg["vocab_size"]
-        params = layers * (e * (h + 2 * kv) * d + h * d * e + 3 * e * f) + vocab * e
-        return cls(weight_bytes=width * (params + e), kv_token_bytes=2 * layers * kv * d * width,
-                   params=params, attn_width=layers * h * d)
+def plain_below(device_type: str, backend: str) -> float:
+    """Prompts shorter than this are read per branch: the relay kernel's threshold on a GPU
+    (kernels.relay_attention_triton.Tuning.plain_below), never on the CPU reference, always on vLLM."""
+    return float("inf") if backend == "vllm" else 512.0 if device_type == "cuda" else 0.0
 
 
-def features(shape: ModelShape, b, q, prompt, own):
+def _columns(b, q, prompt, own, live, plain_from):
     b, q, prompt, own = (np.asarray(x, dtype=np.float64) for x in (b, q, prompt, own))
-    nbytes = shape.weight_bytes + shape.kv_token_bytes * (prompt + b * (own + q))
-    flops = 2 * shape.params * b * q + 4 * shape.attn_width * b * q * (prompt + own + q)
-    return b * q, nbytes, flops, (q > 1).astype(np.float64)
+    live = b if live is None else np.asarray(live, dtype=np.float64)
+    plain = (b <= 1) | (prompt < plain_from)
+    x_own = live * (own + q + np.where(plain, prompt, 0.0)) / 1e3
+    x_pre = np.where(plain, 0.0, prompt) / 1e3
+    return x_own, x_pre
 
 
-def _predict_kind(theta, b, rows, nbytes, flops):
-    c0, multi, row, bw, fl = np.exp(theta)
-    roof = ((nbytes / bw) ** KNEE + (flops / fl) ** KNEE) ** (1 / KNEE)
-    return c0 + multi * (b > 1) + row * rows + roof
+def _fit_levels(points: list[StepCost], plain_from: float):
+    """{q: (b levels, [3, levels] parameters)} from the measured points."""
+    out = {}
+    for q in sorted({p.q for p in points}):
+        levels = sorted({p.b for p in points if p.q == q})
+        theta = np.full((3, len(levels)), np.nan)
+        for i, b in enumerate(levels):
+            pts = [p for p in points if p.q == q and p.b == b]
+            x_own, x_pre = _columns([b] * len(pts), q, [p.prompt for p in pts], [p.own for p in pts], None, plain_from)
+            ms = np.array([p.ms for p in pts])
+            cols = [np.ones(len(pts))]
+            free = [c for c, x in ((1, x_own), (2, x_pre)) if np.ptp(x) > 0 and len(pts) > 1]
+            cols += [x_own if c == 1 else x_pre for c in free]
+            coef, _ = nnls(np.stack(cols, 1) / ms[:, None], np.ones(len(pts)))  # relative error
+            theta[0, i] = coef[0]
+            for c, v in zip(free, coef[1:]):
+                theta[c, i] = v
+        out[q] = (np.array(levels, dtype=np.float64), theta)
+    # Slopes a level could not determine: from the levels of the same q that did, else the nearest q.
+    for c in (1, 2):
+        for q, (levels, theta) in out.items():
+            known = ~np.isnan(theta[c])
+            if known.any():
+                theta[c, ~known] = np.interp(levels[~known], levels[known], theta[c, known])
+        for q, (levels, theta) in out.items():
+            if np.isnan(theta[c]).all():
+                donors = [r for r in out if not np.isnan(out[r][1][c]).all()]
+                if donors:
+                    r = min(donors, key=lambda r: abs(r - q))
+                    theta[c] = np.interp(levels, out[r][0], out[r][1][c])
+                else:
+                    theta[c] = 0.0
+    # Where a slope was borrowed, the level's base is what its own points leave over.
+    for q, (levels, theta) in out.items():
+        for i, b in enumerate(levels):
+            pts = [p for p in points if p.q == q and p.b == b]
+            x_own, x_pre = _columns([b] * len(pts), q, [p.prompt for p in pts], [p.own for p in pts], None, plain_from)
+            rest = np.array([p.ms for p in pts]) - theta[1, i] * x_own - theta[2, i] * x_pre
+            theta[0, i] = max(float(np.median(rest)), 0.0)
+    return out
 
 
-def _predict(theta, b, rows, nbytes, flops, verify):
-    """theta: the decode kind's five parameters, then the verify kind's five."""
-    return np.where(verify > 0, _predict_kind(theta[5:], b, rows, nbytes, flops),
-                    _predict_kind(theta[:5], b, rows, nbytes, flops))
-
-
-def _fit_kind(shape: ModelShape, b, rows, nbytes, flops, ms) -> np.ndarray:
-    # Start from a plausible roofline: the smallest step is mostly fixed cost plus the weight read.
-    t_min = float(ms.min())
-    theta0 = np.log([t_min / 4, t_min / 20, 1e-3, shape.weight_bytes / (t_min * 0.75), 1e9])
-    free = np.array([True, bool((b > 1).any() and (b == 1).any()), True, True, True])
-
-    def residual(x):
-        theta = theta0.copy()
-        theta[free] = x
-        return np.log(_predict_kind(theta, b, rows, nbytes, flops)) - np.log(ms)
-
-    sol = least_squares(residual, theta0[free], method="trf", loss="soft_l1", f_scale=0.05, max_nfev=4000)
-    theta = theta0.copy()
-    theta[free] = sol.x
-    if not free[1]:
-        theta[1] = -np.inf  # no batch above (or at) one measured: no step between them
-    return theta
-
-
-def _fit(shape: ModelShape, points: list[StepCost]) -> np.ndarray:
-    """Decode (q = 1) and verify (q > 1) steps run different code (a CUDA graph or not, sampling b
-    or b (k + 1) rows): each kind gets its own five parameters; without verify points, verification
-    is read off the decode fit."""
-    b = np.array([p.b for p in points], dtype=np.float64)
-    rows, nbytes, flops, verify = features(shape, *zip(*[(p.b, p.q, p.prompt, p.own) for p in points]))
-    ms = np.array([p.ms for p in points])
-    kinds = []
-    for mask in (verify == 0, verify > 0):
-        kinds.append(_fit_kind(shape, b[mask], rows[mask], nbytes[mask], flops[mask], ms[mask])
-                     if mask.any() else None)
-    decode, verify_theta = kinds
-    decode = decode if decode is not None else verify_theta
-    return np.concatenate([decode, verify_theta if verify_theta is not None else decode])
+def _at_q(levels_by_q: dict, q: float, b: np.ndarray) -> np.ndarray:
+    """[3, ...] parameters at batch b for query level q, linear between the measured q levels."""
+    qs = np.array(sorted(levels_by_q), dtype=np.float64)
+    at = lambda qq: np.stack([np.interp(b, levels_by_q[qq][0], row) for row in levels_by_q[qq][1]])
+    if q <= qs[0] or q >= qs[-1] or q in levels_by_q:
+        return at(int(qs[np.argmin(np.abs(qs - q))]))
+    hi = int(qs[np.searchsorted(qs, q)])
+    lo = int(qs[np.searchsorted(qs, q) - 1])
+    w = (q - lo) / (hi - lo)
+    return (1 - w) * at(lo) + w * at(hi)
 
 
 @dataclass
 class StepModel:
-    """A fitted step-cost model: predict(b, q, prompt, own) -> ms, vectorized over numpy arrays."""
-    shape: ModelShape
-    theta: np.ndarray
-    in_sample_error: float      # mean |relative error| on the points it was fitted to
-    held_out_error: float       # mean |relative error| on held-out points (5-fold cross-validation)
-    held_out_max: float
-    points: int
-    held_out_decode: float = float("nan")   # the held-out error of the q = 1 points alone
-    held_out_verify: float = float("nan")   # ... and of the q > 1 points
+    """Measured step costs, interpolated: predict(b, q, prompt, own, live) -> ms, vectorized over b,
+    prompt, own and live (q one number, or an array of few distinct values)."""
+    levels: dict                 # q -> (b levels, [3, levels]: base, own_ms, prefix_ms)
+    plain_from: float
+    in_sample_error: float = 0.0  # mean |relative error| on the points it interpolates
+    held_out_error: float = float("nan")  # ... on the points of each interior b level, left out whole
+    held_out_max: float = float("nan")
+    held_out_levels: int = 0      # how many b levels were left out
+    points: int = 0
 
     @classmethod
-    def fit(cls, shape: ModelShape, points: list[StepCost], folds: int = 5, seed: int = 0) -> "StepModel":
-        theta = _fit(shape, points)
-        measured = np.array([p.ms for p in points])
-        model = cls(shape, theta, 0.0, float("nan"), float("nan"), len(points))
-        pred = model.predict(*zip(*[(p.b, p.q, p.prompt, p.own) for p in points]))
-        model.in_sample_error = float(np.mean(np.abs(pred / measured - 1)))
-        if len(points) >= 2 * folds:
-            errors = np.empty(len(points))
-            order = np.random.default_rng(seed).permutation(len(points))
-            for f in range(folds):
-                test = order[f::folds]
-                train = [points[i] for i in order if i not in set(test)]
-                sub = cls(shape, _fit(shape, train), 0.0, 0.0, 0.0, len(train))
-                errors[test] = np.abs(sub.predict(*zip(*[(points[i].b, points[i].q, points[i].prompt, points[i].own)
-                                                          for i in test])) / measured[test] - 1)
-            model.held_out_error, model.held_out_max = float(errors.mean()), float(errors.max())
-            q = np.array([p.q for p in points])
-            model.held_out_decode = float(errors[q == 1].mean()) if (q == 1).any() else float("nan")
-            model.held_out_verify = float(errors[q > 1].mean()) if (q > 1).any() else float("nan")
+    def fit(cls, points: list[StepCost], plain_from: float) -> "StepModel":
+        model = cls(_fit_levels(points, plain_from), plain_from, points=len(points))
+        model.in_sample_error = float(np.mean(np.abs(model._predict_points(points) - 1)))
+        errors, levels = [], sorted({p.b for p in points})
+        for b in levels[1:-1]:  # an end level cannot be interpolated, only extrapolated
+            train = [p for p in points if p.b != b]
+            test = [p for p in points if p.b == b]
+            errors += list(np.abs(cls(_fit_levels(train, plain_from), plain_from)._predict_points(test) - 1))
+        if errors:
+            model.held_out_error, model.held_out_max = float(np.mean(errors)), float(np.max(errors))
+            model.held_out_levels = len(levels) - 2
         return model
 
-    def predict(self, b, q, prompt, own) -> np.ndarray:
-        return _predict(self.theta, np.asarray(b, dtype=np.float64), *features(self.shape, b, q, prompt, own))
+    def _predict_points(self, points: list[StepCost]) -> np.ndarray:
+        """predicted / measured for each point."""
+        return np.array([float(self.predict(p.b, p.q, p.prompt, p.own)) / p.ms for p in points])
 
-    @property
-    def parameters(self) -> dict[str, float]:
-        return dict(zip(NAMES, np.exp(self.theta)))
+    def predict(self, b, q, prompt, own, live=None) -> np.ndarray:
+        b = np.asarray(b, dtype=np.float64)
+        x_own, x_pre = _columns(b, q, prompt, own, live, self.plain_from)
+        qs = np.unique(np.asarray(q))
+        shape = np.broadcast_shapes(b.shape, x_own.shape, np.shape(q))
+        out = np.zeros(shape)
+        for qq in qs:
+            base, own_ms, prefix_ms = _at_q(self.levels, float(qq), np.broadcast_to(b, shape))
+            t = base + own_ms * np.broadcast_to(x_own, shape) + prefix_ms * np.broadcast_to(x_pre, shape)
+            out = np.where(np.broadcast_to(np.asarray(q), shape) == qq, t, out)
+        return out
+
+    def level_table(self, q: int) -> list[tuple[int, float, float, float]]:
+        """(b, base ms, ms per 1k own KV tokens, ms per 1k prefix tokens) at each measured level of q."""
+        levels, theta = self.levels[q]
+        return [(int(b), *map(float, theta[:, i])) for i, b in enumerate(levels)]
 
 
 @dataclass
@@ -149,7 +149,6 @@ class PrefillModel:
 
     @classmethod
     def fit(cls, points: list[PrefillCost]) -> "PrefillModel":
-        from scipy.optimize import nnls
         p = np.array([x.prompt for x in points], dtype=np.float64)
         y = np.array([x.ms for x in points])
         A = np.stack([np.ones_like(p), p, p * p], 1) / y[:, None]  # relative error
@@ -163,8 +162,8 @@ class PrefillModel:
 
 @dataclass
 class BatchTable:
-    """A cost measured at a few batch sizes (per draft length k), read at any b by linear
-    interpolation in log2(b), held flat beyond the ends; 0 where nothing was measured."""
+    """A cost measured at a few batch sizes (per draft length k), read at any b by linear interpolation
+    in log2(b) and between the measured k, held flat beyond the ends; 0 where nothing was measured."""
     by_k: dict[int, tuple[np.ndarray, np.ndarray]]
 
     @classmethod
@@ -178,6 +177,28 @@ class BatchTable:
     def at(self, b, k: int = 0) -> np.ndarray:
         if not self.by_k:
             return np.zeros_like(np.asarray(b, dtype=np.float64))
-        kk = min(self.by_k, key=lambda x: abs(x - k))
-        xs, ys = self.by_k[kk]
-        return np.interp(np.log2(np.maximum(np.asarray(b, dtype=np.float64), 1)), xs, ys)
+        x = np.log2(np.maximum(np.asarray(b, dtype=np.float64), 1))
+        row = lambda kk: np.interp(x, *self.by_k[kk])
+        ks = sorted(kk for kk in self.by_k if (kk == 0) == (k == 0)) or sorted(self.by_k)
+        if k <= ks[0] or k >= ks[-1] or k in self.by_k:
+            return row(min(ks, key=lambda kk: abs(kk - k)))
+        lo, hi = max(kk for kk in ks if kk < k), min(kk for kk in ks if kk > k)
+        return row(lo) + (k - lo) / (hi - lo) * (row(hi) - row(lo))
+
+
+@dataclass
+class CompactionModel:
+    """A compaction (KVCache.keep_rows) costs a fixed part once any row moves (a copy launched per layer
+    buffer) and a part per moved token: ms = fixed [moved > 0] + per_token * moved * upto."""
+    fixed_ms: float
+    per_token_ms: float
+
+    @classmethod
+    def fit(cls, points: list[CompactCost]) -> "CompactionModel":
+        moving = [p for p in points if p.moved > 0]
+        if not moving:
+            return cls(0.0, 0.0)
+        A = np.array([[1.0, p.moved * p.upto] for p in moving])
+        y = np.array([p.ms for p in moving])
+        coef, _ = nnls(A / y[:, None], np.ones(len(y)))
+        return cls(float(coef[0]), float(coef[1]))

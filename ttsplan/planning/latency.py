@@ -1,28 +1,39 @@
 """A plan's latency, by replaying its decode loop on the fitted step costs.
 
 One request: prefill once (the draft prefills too), capture the CUDA graphs of the batch buckets it
-passes through on a GPU (decode steps, or speculative rounds: the first round's and the
-buckets cuda_graphs.GraphRound keeps), then decode.  Plain decoding runs one step per token for
-every live branch; speculative decoding runs rounds of k draft steps, one verification of k + 1
-tokens per branch and the round's own cost, emitting tau = 1 + sum_i prod_{j<=i} a_j tokens per
-branch per round on average (a_j: the draft's acceptance at position j).  Branches end at lengths
-drawn from the task profile, capped by the plan; finished branches leave the batch, so the request
-ends with its longest branch, or earlier when early stop decides the vote.
+passes through on a GPU (decode steps, or speculative rounds: the first round's and the buckets
+cuda_graphs.GraphRound keeps), then decode.  Plain decoding runs one step per token for every live
+branch; speculative decoding runs rounds of k draft steps, one verification of k + 1 tokens per
+branch and the round's own cost.  Branches end at lengths drawn from the task profile, capped by the
+plan; finished branches leave the batch, so the request ends with its longest branch, or earlier
+when early stop decides the vote.  What the engine does, the replay prices:
+
+  graph buckets  a step over j live branches replays the graph of bucket(j, N) rows (a round: the
+                 graph GraphRound holds), whose rows all run the weights, while only the j live rows
+                 read their KV;
+  compaction     each finish that leaves branches running compacts the cache (KVCache.keep_rows);
+  rounds         a branch's rounds are random: each emits 1 + the drafts accepted, drawn per position
+                 from the acceptance, so the request waits for the branch with the most rounds.
 
 Draws: for every calibration problem (with its own prompt length), DRAWS random subsets of N of its
-N_max branches.  The cost of s steps at a live batch of j is tabulated once per problem and
-configuration, so a plan's thousand draws cost a few array gathers.
+N_max branches, each with its own random acceptance.  The cost of s steps at a live batch of j is
+tabulated once per problem, plan width and decoding, so a plan's thousand draws cost a few gathers.
+The p90 a budget is held to is predictive: each draw's seconds times a draw of the model's own error
+(log-normal, with the mean and spread that validation on plans off the grid measured for this device
+profile), so that a plan promised within the budget at p90 runs within it at p90.
 """
 from dataclasses import dataclass, field
 
 import numpy as np
+from scipy.special import comb
 
 from ttsplan.measure.profiles import DeviceProfile
-from ttsplan.planning.cost_model import BatchTable, ModelShape, PrefillModel, StepModel
+from ttsplan.planning.cost_model import BatchTable, CompactionModel, PrefillModel, StepModel, plain_below
 from ttsplan.planning.early_stop import finished_at_decision
 from ttsplan.planning.task_arrays import TaskArrays
 
 DRAWS = 24
+SHRINK = 4  # cuda_graphs.SHRINK: a round's batch gets a smaller graph once it falls to 1/SHRINK of its graph's
 
 
 @dataclass
@@ -35,26 +46,36 @@ class DeviceCosts:
     draft: StepModel | None = None
     draft_prefill: PrefillModel | None = None
     rounds: BatchTable | None = None
+    compaction: CompactionModel = field(default_factory=lambda: CompactionModel(0.0, 0.0))
+    draft_compaction: float = 1.0   # a speculative compaction over both caches, against the target's alone
+    error_log_mean: float = 0.0     # log(measured / predicted) over validated requests: mean and spread
+    error_log_sd: float = 0.0
 
     @classmethod
     def fit(cls, profile: DeviceProfile) -> "DeviceCosts":
-        shape = ModelShape.from_config(profile.model.config, profile.dtype)
-        costs = cls(StepModel.fit(shape, profile.steps), PrefillModel.fit(profile.prefill),
-                    BatchTable.build(profile.loop_overhead), BatchTable.build(profile.capture))
+        plain = plain_below(profile.device["type"], profile.backend)
+        costs = cls(StepModel.fit(profile.steps, plain), PrefillModel.fit(profile.prefill),
+                    BatchTable.build(profile.loop_overhead), BatchTable.build(profile.capture),
+                    compaction=CompactionModel.fit(profile.compaction))
+        if profile.validation:
+            costs.error_log_mean = float(profile.validation["log_ratio_mean"])
+            costs.error_log_sd = float(profile.validation["log_ratio_sd"])
         if profile.draft and profile.draft.steps:
-            d_shape = ModelShape.from_config(profile.draft.model.config, profile.dtype)
-            costs.draft = StepModel.fit(d_shape, profile.draft.steps)
+            costs.draft = StepModel.fit(profile.draft.steps, plain)
             costs.draft_prefill = PrefillModel.fit(profile.draft.prefill) if profile.draft.prefill else None
             costs.rounds = BatchTable.build(profile.draft.round_overhead)
+            costs.draft_compaction = 1 + profile.draft.model.config["num_layers"] / profile.model.config["num_layers"]
         return costs
 
 
-def speculative_round_ms(c: DeviceCosts, b, k: int, prompt, own) -> np.ndarray:
-    """k draft steps + one verification of k + 1 tokens + the round's measured overhead.  The overhead
-    is a real round less its parts timed alone, and may be negative (on a CPU the parts run faster
-    back to back than alone); a round never costs less than its verification."""
-    verify = c.target.predict(b, k + 1, prompt, own)
-    return np.maximum(k * c.draft.predict(b, 1, prompt, own) + verify + c.rounds.at(b, k), verify)
+def speculative_round_ms(c: DeviceCosts, b, k: int, prompt, own, live=None) -> np.ndarray:
+    """k draft steps + one verification of k + 1 tokens + the round's measured overhead, over a graph of
+    b rows of which `live` hold a branch.  The overhead is a real round less its parts timed alone, and
+    may be negative (on a CPU the parts run faster back to back than alone); a round never costs less
+    than its verification."""
+    live = b if live is None else live
+    verify = c.target.predict(b, k + 1, prompt, own, live)
+    return np.maximum(k * c.draft.predict(b, 1, prompt, own, live) + verify + c.rounds.at(live, k), verify)
 
 
 @dataclass(frozen=True)
@@ -64,22 +85,24 @@ class Decoding:
     acceptance: tuple[float, ...] = ()
 
     @property
+    def rates(self) -> np.ndarray:
+        """Per-position acceptance for the k drafts (the last measured rate repeats)."""
+        return np.array([self.acceptance[min(i, len(self.acceptance) - 1)] for i in range(self.k)])
+
+    @property
     def tokens_per_round(self) -> float:
         if self.k == 0:
             return 1.0
-        run, total = 1.0, 1.0
-        for a in self.acceptance[:self.k]:
-            run *= a
-            total += run
-        return total
+        return 1.0 + float(np.cumprod(self.rates).sum())
 
 
 @dataclass
 class Latency:
     mean_s: float
-    p90_s: float
+    p90_s: float                # predictive: widened by the model's validated error
     tokens: float               # mean tokens generated per request (all branches)
-    seconds: np.ndarray = field(repr=False)   # per draw
+    seconds: np.ndarray = field(repr=False)   # per draw, as the model predicts it
+    capture_s: float = 0.0      # of the mean, graph capture
 
 
 def bucket(batch, max_batch):
@@ -87,17 +110,50 @@ def bucket(batch, max_batch):
     return np.minimum(2 ** np.ceil(np.log2(np.maximum(batch, 1))), max_batch)
 
 
+def plain_graphs(N: int) -> np.ndarray:
+    """[N + 1]: the rows of the graph a plain step over j live branches replays (GraphDecoder)."""
+    return np.concatenate([[1], bucket(np.arange(1, N + 1), N)]).astype(int)
+
+
+def round_graphs(N: int) -> np.ndarray:
+    """[N + 1]: the rows of the round graph GraphRound replays for j live branches, the batch shrinking
+    from N: the smallest graph held, until j falls to 1/SHRINK of it."""
+    held, out = N, np.ones(N + 1, dtype=int)
+    for live in range(N, 0, -1):
+        small = int(bucket(live, N))
+        if held >= SHRINK * small:
+            held = small
+        out[live] = held
+    return out
+
+
+def rounds_needed(rng: np.random.Generator, rates: np.ndarray, shape: tuple, longest: int) -> np.ndarray:
+    """[*shape, longest + 1]: rounds a branch needs to emit t tokens after its first (t = 0..longest),
+    each round emitting 1 + the drafts accepted (draft i accepted with rates[i] once 1..i-1 were)."""
+    R = max(longest, 1)
+    u = rng.random((*shape, R, len(rates)))
+    per_round = 1 + np.cumprod(u < rates, axis=-1).sum(-1)                  # [*shape, R]
+    cum = np.cumsum(per_round, axis=-1)                                      # tokens after r + 1 rounds
+    need = np.arange(longest + 1)
+    flat = cum.reshape(-1, R)
+    out = np.stack([np.searchsorted(row, need, side="left") + 1 for row in flat]).reshape(*shape, longest + 1)
+    out[..., 0] = 0
+    return out
+
+
 class Replay:
     """Latency of plans on one task profile and one device profile."""
 
     def __init__(self, costs: DeviceCosts, task: TaskArrays, on_gpu: bool, draws: int = DRAWS, seed: int = 0):
         self.costs, self.task, self.on_gpu = costs, task, on_gpu
-        rng = np.random.default_rng(seed)
+        self.rng = np.random.default_rng(seed)
         P, n = task.problems, task.n_max
         self.p_idx = np.repeat(np.arange(P), draws)
-        self.perms = np.stack([rng.permutation(n) for _ in range(P * draws)])
-        self.tables: dict[Decoding, np.ndarray] = {}
+        self.perms = np.stack([self.rng.permutation(n) for _ in range(P * draws)])
+        self.error = np.exp(costs.error_log_mean + costs.error_log_sd * self.rng.standard_normal(P * draws))
+        self.tables: dict[tuple, np.ndarray] = {}
         self.decisions: dict[tuple, np.ndarray] = {}
+        self.rounds: dict[Decoding, np.ndarray] = {}
         prompt = task.prompt_tokens[self.p_idx]
         self.prefill_s = costs.prefill.predict(prompt) / 1e3
         self.draft_prefill_s = costs.draft_prefill.predict(prompt) / 1e3 if costs.draft_prefill else 0.0
@@ -109,26 +165,59 @@ class Replay:
             self.decisions[key] = finished_at_decision(self.task, self.perms[:, :N], self.p_idx, N, cap, rule)
         return self.decisions[key]
 
-    def step_table(self, dec: Decoding) -> np.ndarray:
-        """[P, n + 1, S + 1]: seconds of the first s steps (rounds) at a live batch of j branches."""
-        if dec in self.tables:
-            return self.tables[dec]
+    def step_counts(self, lengths: np.ndarray, dec: Decoding) -> np.ndarray:
+        """[D, N] decode steps (rounds) of each drawn branch of these lengths; a round's draws are the
+        branch's own (per draw and branch slot), shared by every plan of this decoding."""
+        if dec.k == 0:
+            return lengths - 1
+        if dec not in self.rounds:
+            self.rounds[dec] = rounds_needed(self.rng, dec.rates, self.perms.shape, self.task.max_new_tokens)
+        slots = self.perms[:, :lengths.shape[1]]
+        return self.rounds[dec][np.arange(len(lengths))[:, None], slots, lengths - 1]
+
+    def step_table(self, dec: Decoding, N: int, longest: int) -> np.ndarray:
+        """[P, N + 1, S + 1]: seconds of the first s steps (rounds) at a live batch of j branches, for
+        plans of N branches (the graph a step replays depends on N)."""
+        key = (dec, N)
+        if key in self.tables and self.tables[key].shape[2] > longest:
+            return self.tables[key]
         c, task = self.costs, self.task
-        n, tau = task.n_max, dec.tokens_per_round
-        steps = int(np.ceil((task.max_new_tokens - 1) / tau)) + 1
-        j = np.arange(1, n + 1)[None, :, None]
+        tau = dec.tokens_per_round
+        steps = max(longest, int(np.ceil((task.max_new_tokens - 1) / tau)) + 1)
+        j = np.arange(1, N + 1)[None, :, None]
+        graph = (round_graphs(N) if dec.k else plain_graphs(N))[1:][None, :, None] if self.on_gpu else j
         u = np.arange(1, steps + 1)[None, None, :]
         P = task.prompt_tokens[:, None, None]
         own = (u - 1) * tau
         if dec.k == 0:
-            ms = c.target.predict(j, 1, P, own) + c.loop.at(j)
+            ms = c.target.predict(graph, 1, P, own, j) + c.loop.at(j)
         else:
-            ms = speculative_round_ms(c, j, dec.k, P, own)
-        ms = np.broadcast_to(ms, (task.problems, n, steps))
-        table = np.zeros((task.problems, n + 1, steps + 1))
+            ms = speculative_round_ms(c, graph, dec.k, P, own, j)
+        ms = np.broadcast_to(ms, (task.problems, N, steps))
+        table = np.zeros((task.problems, N + 1, steps + 1))
         table[:, 1:, 1:] = np.cumsum(ms, axis=2) / 1e3
-        self.tables[dec] = table
+        self.tables[key] = table
         return table
+
+    def compaction_s(self, steps: np.ndarray, stop: np.ndarray, tau: float, speculative: bool) -> np.ndarray:
+        """[D] seconds compacting: at each step where f branches finish and s keep running, some row
+        moves unless all f stood last (probability 1 - 1/C(s + f, f)), and s f / (f + 1) rows move on
+        average, each copying the tokens held so far."""
+        m = self.costs.compaction
+        if m.fixed_ms == 0 and m.per_token_ms == 0:
+            return np.zeros(len(steps))
+        D, N = steps.shape
+        last_of_group = np.concatenate([steps[:, 1:] != steps[:, :-1], np.zeros((D, 1), bool)], 1)
+        idx = np.arange(N)[None, :]
+        first = np.where(np.concatenate([np.ones((D, 1), bool), steps[:, 1:] != steps[:, :-1]], 1), idx, 0)
+        first = np.maximum.accumulate(first, axis=1)
+        f = idx - first + 1
+        s = N - 1 - idx
+        event = last_of_group & (s > 0) & (steps < stop[:, None])
+        p_move = 1 - 1 / comb(s + f, f)
+        ms = m.fixed_ms * p_move + m.per_token_ms * s * f / (f + 1) * (1 + steps * tau)
+        scale = self.costs.draft_compaction if speculative else 1.0
+        return np.where(event, ms, 0.0).sum(1) * scale / 1e3
 
     def simulate(self, N: int, cap: int, dec: Decoding, early_stop_rules=()) -> dict:
         """Latency of N branches under the cap: key None without early stop, and one key per vote rule
@@ -136,10 +225,10 @@ class Replay:
         task, p = self.task, self.p_idx
         tau = dec.tokens_per_round
         lengths = np.minimum(task.lengths[p[:, None], self.perms[:, :N]], cap)     # [D, N]
-        steps = np.sort(np.ceil((lengths - 1) / tau).astype(int), axis=1)          # decode steps (rounds), shortest first
+        steps = np.sort(self.step_counts(lengths, dec), axis=1)                     # shortest first
         longest_first = steps[:, ::-1]
         below = np.concatenate([longest_first[:, 1:], np.zeros((len(steps), 1), int)], 1)
-        table, live = self.step_table(dec), np.arange(1, N + 1)[None, :]
+        table, live = self.step_table(dec, N, int(steps.max())), np.arange(1, N + 1)[None, :]
         fixed = self.prefill_s + (self.draft_prefill_s if dec.k else 0.0)
         rows = np.arange(len(steps))
         out = {}
@@ -148,35 +237,40 @@ class Replay:
             hi = np.minimum(stop[:, None], longest_first)
             lo = np.minimum(stop[:, None], below)
             seconds = (table[p[:, None], live, hi] - table[p[:, None], live, lo]).sum(1) + fixed
-            if self.on_gpu:
-                last_live = (steps >= np.maximum(stop, 1)[:, None]).sum(1)            # batch of the last step
-                capture = self.round_capture_s(N, dec.k) if dec.k else self.capture_s(N)
-                seconds = seconds + capture[np.maximum(last_live, 1)]
+            seconds = seconds + self.compaction_s(steps, stop, tau, dec.k > 0)
+            capture = self.capture_s(steps, stop, dec.k) if self.on_gpu else np.zeros(len(steps))
+            seconds = seconds + capture
             emitted = np.minimum(lengths, 1 + stop[:, None] * tau).sum(1)
-            out[rule] = Latency(float(seconds.mean()), float(np.quantile(seconds, 0.9)), float(emitted.mean()), seconds)
+            widened = seconds * self.error
+            out[rule] = Latency(float(seconds.mean()), float(np.quantile(widened, 0.9)), float(emitted.mean()),
+                                seconds, float(capture.mean()))
         return out
 
-    def capture_s(self, N: int) -> np.ndarray:
-        """[N + 1]: seconds capturing the buckets a batch shrinking from N to j passes through."""
-        sums = np.zeros(N + 1)
-        for low in range(1, N + 1):
-            buckets = np.unique(bucket(np.arange(low, N + 1), N))
-            sums[low] = self.costs.capture.at(buckets).sum() / 1e3
-        return sums
-
-
-    def round_capture_s(self, N: int, k: int) -> np.ndarray:
-        """[N + 1]: seconds capturing round graphs while a batch shrinks from N to j: the first round's and
-        the second's at N, then a smaller bucket each time the batch falls to 1/SHRINK of the graph it
-        replays (cuda_graphs.GraphRound)."""
-        from ttsplan.engine.cuda_graphs import SHRINK
-        sums, held = np.zeros(N + 1), [N]
-        for live in range(N, 0, -1):
-            small = int(bucket(live, N))
-            if min(b for b in held if b >= live) >= SHRINK * small:
-                held.append(small)
-            sums[live] = (self.costs.capture.at(N, k) + self.costs.capture.at(np.array(held), k).sum()) / 1e3
-        return sums
+    def capture_s(self, steps: np.ndarray, stop: np.ndarray, k: int) -> np.ndarray:
+        """[D] seconds capturing graphs: the full batch's, then the graph of each live batch the request
+        runs at after a finish (plain: its bucket; rounds: the graph GraphRound moves to, plus the first
+        round's own graph), each once."""
+        D, N = steps.shape
+        survivors = N - 1 - np.arange(N)[None, :]
+        event = np.concatenate([steps[:, 1:] != steps[:, :-1], np.zeros((D, 1), bool)], 1) & (survivors > 0) \
+            & (steps < stop[:, None])
+        held = np.full(D, N)
+        seconds = np.full(D, float(self.costs.capture.at(N, k))) * (2 if k else 1)
+        seen = {N: np.ones(D, bool)}
+        for i in range(N - 1):
+            s = N - 1 - i
+            small = int(bucket(s, N))
+            if k:
+                moved = event[:, i] & (held >= SHRINK * small)
+                held = np.where(moved, small, held)
+                graph = small
+            else:
+                moved = event[:, i]
+                graph = small
+            new = moved & ~seen.get(graph, np.zeros(D, bool))
+            seen[graph] = seen.get(graph, np.zeros(D, bool)) | moved
+            seconds = seconds + new * float(self.costs.capture.at(graph, k))
+        return seconds / 1e3
 
 
 def drawn_request(task, branches: int, cap: int, seed: int) -> tuple[list[int], int]:
@@ -189,9 +283,10 @@ def drawn_request(task, branches: int, cap: int, seed: int) -> tuple[list[int], 
 
 
 def predict_request(costs: DeviceCosts, lengths: list[int], prompt_tokens: int, dec: Decoding,
-                    on_gpu: bool) -> float:
-    """Seconds for one request whose branches have exactly these lengths (no early stop)."""
+                    on_gpu: bool) -> Latency:
+    """One request whose branches have exactly these lengths (no early stop)."""
     n = len(lengths)
     one = TaskArrays(np.array([lengths]), np.zeros((1, n), int), [[[] for _ in range(n)]], np.ones((1, 1), bool),
                      np.array([prompt_tokens]), {}, int(max(lengths)))
-    return Replay(costs, one, on_gpu, draws=1).simulate(n, int(max(lengths)), dec)[None].mean_s
+    draws = 64 if dec.k else 1  # speculative rounds are random: their expectation
+    return Replay(costs, one, on_gpu, draws=draws).simulate(n, int(max(lengths)), dec)[None]
