@@ -235,6 +235,7 @@ def optimize(
     if plot:
         plot_frontier(res, chosen, opt.baselines, plot, f"{opt.task.model.name} on {opt.device.device['name']}")
         console.print(f"frontier plot: {plot}")
+    console.print(opt.margin)
     opt.plan.save(out)
     console.print(f"plan: {out} ({opt.plan.describe()})")
     if emit is not None:

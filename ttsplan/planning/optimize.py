@@ -5,12 +5,12 @@ task profile   -> accuracy samples  ┴-> replay and score every plan -> choose 
 Planning is offline (plan for an H100 from a laptop): the profiles are only checked against each
 other, never against this machine.
 """
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ttsplan.errors import TTSPlanError
 from ttsplan.measure.profiles import Acceptance, DeviceProfile, TaskProfile, load_device_profile, load_task_profile
-from ttsplan.planning.latency import DeviceCosts, Replay
+from ttsplan.planning.latency import Decoding, DeviceCosts, Replay
 from ttsplan.planning.plan import Plan
 from ttsplan.planning.search import Candidate, SearchResult, baselines, choose, search, with_binds
 from ttsplan.planning.task_arrays import TaskArrays, load_task_arrays
@@ -28,6 +28,7 @@ class Optimized:
     baselines: dict
     acceptance: Acceptance | None
     plan: Plan
+    margin: str                 # what the chosen plan's p90 keeps beyond the model's own prediction
 
 
 def matching_acceptance(device: DeviceProfile, task: TaskProfile) -> Acceptance | None:
@@ -80,4 +81,20 @@ def optimize(device_path: Path, task_path: Path, budget_s: float | None = None,
                            "mean_s": round(chosen.mean_s, 4), "p90_s": round(chosen.p90_s, 4), "stat": stat,
                            "budget_s": budget_s, "target_accuracy": target_accuracy, "task_profile": str(task_path)})
     return Optimized(device, task, costs, arrays, replay, result, chosen, baselines(result, chosen, budget_s),
-                     acceptance, plan)
+                     acceptance, plan, margin_kept(device, costs, arrays, chosen, acceptance))
+
+
+def margin_kept(device: DeviceProfile, costs: DeviceCosts, arrays: TaskArrays, chosen: Candidate,
+                acceptance: Acceptance | None) -> str:
+    """One line: how far the chosen plan's p90 (widened by the model's validated error) lies beyond the
+    model's own p90, and on what validation."""
+    v = device.validation
+    if not v:
+        return "p90 not widened: the device profile stores no validation on plans off the grid"
+    bare = Replay(replace(costs, error_log_mean=0.0, error_log_sd=0.0), arrays, on_gpu=device.device["type"] == "cuda")
+    dec = Decoding(chosen.draft_len, tuple(acceptance.per_position)) if chosen.draft_len else Decoding()
+    lat = bare.simulate(chosen.branches, chosen.cap, dec, [chosen.vote] if chosen.early_stop else ())
+    p90 = lat[chosen.vote if chosen.early_stop else None].p90_s
+    return (f"p90 {chosen.p90_s:.3f} s keeps a margin of {chosen.p90_s / p90 - 1:+.1%} over the model's own "
+            f"{p90:.3f} s: widened by its error on {v['requests']} requests off the grid ({v['device']}, "
+            f"{v['date']}: log(measured / predicted) {v['log_ratio_mean']:+.3f} +- {v['log_ratio_sd']:.3f})")
