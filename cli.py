@@ -99,7 +99,6 @@ def profile(
     the draft's acceptance (a task profile).  Resumes whatever an earlier run left unfinished."""
     if ctx.invoked_subcommand is not None:
         return
-    import torch
     from dataclasses import replace
     from ttsplan.measure.profile import (device_profile_path, load_models, profile_device, profile_task,
                                          task_profile_dir)
@@ -108,14 +107,11 @@ def profile(
         raise TTSPlanError("accuracy samples need real weights: drop --random-weights or --dataset")
     if n_max < 1:
         raise TTSPlanError(f"--n-max must be at least 1, got {n_max}")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise TTSPlanError("--device cuda: no GPU is visible to torch here")
-    if device not in ("cpu", "cuda"):
-        raise TTSPlanError(f"unknown device {device!r}: cpu or cuda")
+    from ttsplan.hardware import check_device
+    dev = check_device(device)
     if dataset:
-        from ttsplan.assets import dataset_file
-        dataset_file(dataset)  # an unknown dataset fails before any model loads
-    dev = torch.device(device)
+        from ttsplan.datasets import load_problems
+        load_problems(dataset, limit, offset)  # an unknown dataset or a bad range fails before any model loads
     branch_axis = tuple(int(b) for b in branches.split(",")) if branches else None
     if backend == "vllm":
         if random_weights or dataset:
@@ -212,6 +208,8 @@ def optimize(
     from ttsplan.planning.optimize import optimize as run_optimize
     from ttsplan.planning.search import with_binds
     from ttsplan.report import frontier_chart, plan_row, plans_table, plot_frontier
+    if emit not in (None, "vllm"):
+        raise TTSPlanError(f"--emit knows vllm, not {emit!r}")
     t0 = time.perf_counter()
     budget_s = parse_seconds(budget) if budget is not None else None
     opt = run_optimize(device_profile, task_profile, budget_s, target_accuracy, stat)
@@ -239,8 +237,6 @@ def optimize(
     opt.plan.save(out)
     console.print(f"plan: {out} ({opt.plan.describe()})")
     if emit is not None:
-        if emit != "vllm":
-            raise TTSPlanError(f"--emit knows vllm, not {emit!r}")
         from ttsplan.backends.vllm import save_vllm_config
         path = out.with_name("vllm.yaml")
         save_vllm_config(opt, path)
@@ -359,8 +355,9 @@ def run(
 ):
     """Answer by vote over N branches that share one prompt KV cache, as a plan or the flags say."""
     import torch
-    from ttsplan.hardware import copy_bandwidth
+    from ttsplan.hardware import check_device, copy_bandwidth
     from ttsplan.planning.plan import Plan
+    check_device(device)
     from ttsplan.runner import given_acceptance, load_solver, random_models, run_dataset, run_key, time_request
     if plan_file is not None:
         plan = Plan.load(plan_file)

@@ -92,7 +92,7 @@ def report(args):
     costs = {}
     for r in rows:
         if r["shape"] not in costs:
-            costs[r["shape"]] = DeviceCosts.fit(load_device_profile(Path(args.profiles) / f"{args.prefix}-{r['shape']}.yaml"))
+            costs[r["shape"]] = DeviceCosts.fit(load_device_profile(profile_path(args, r["shape"])))
         dec = Decoding(r["k"], tuple(r["acceptance"])) if r["k"] else Decoding()
         lat = predict_request(costs[r["shape"]], r["lengths"], r["prompt"], dec, on_gpu=args.gpu)
         r["predicted"], r["error"] = lat.mean_s, lat.mean_s / r["seconds"] - 1
@@ -126,7 +126,7 @@ def report(args):
                            f"(N 1-128, caps 48-512, k 1-8 or none), lengths drawn from {LENGTHS}, each request "
                            f"predicted from its own lengths (`benchmarks/validate_latency.py`){note}")
     if args.store:
-        store_validation(rows, Path(args.profiles), args.prefix, device, date)
+        store_validation(rows, lambda shape: profile_path(args, shape), device, date)
     write_atomic(Path(args.rows), json.dumps([{k: r[k] for k in ("shape", "branches", "cap", "k", "prompt",
                                                                   "seconds", "predicted")} for r in rows]).encode())
 
@@ -192,11 +192,17 @@ def budget_report(args):
                            "lengths drawn from the task profile, random weights, EOS ignored")
 
 
-def store_validation(rows, profiles: Path, prefix: str, device: str, date: str) -> None:
+def profile_path(args, shape: str) -> Path:
+    """The device profile a shape's requests are predicted by: --profile-of SHAPE=PATH, else PREFIX-SHAPE.yaml."""
+    named = dict(x.split("=", 1) for x in args.profile_of)
+    return Path(named[shape]) if shape in named else Path(args.profiles) / f"{args.prefix}-{shape}.yaml"
+
+
+def store_validation(rows, path_of, device: str, date: str) -> None:
     """Each shape's error on plans off the grid, into its device profile: what widens the p90."""
     from ttsplan.measure.profiles import load_device_profile, save_profile
     for shape in dict.fromkeys(r["shape"] for r in rows):
-        path = profiles / f"{prefix}-{shape}.yaml"
+        path = path_of(shape)
         profile = load_device_profile(path)
         logs = np.log([r["seconds"] / r["predicted"] for r in rows if r["shape"] == shape])
         profile.validation = {"requests": len(logs), "device": device, "date": date,
@@ -222,6 +228,8 @@ def main(argv=None):
     r.add_argument("measurements", nargs="+")
     r.add_argument("--profiles", default="profiles/device")
     r.add_argument("--prefix", default="h200-relay")
+    r.add_argument("--profile-of", action="append", default=[], metavar="SHAPE=PATH",
+                   help="predict a shape's requests by this device profile (e.g. a real model's of that shape)")
     r.add_argument("--gpu", action=argparse.BooleanOptionalAction, default=True)
     r.add_argument("--name", default="latency_validation_h200")
     r.add_argument("--rows", default="benchmarks/results/latency_validation_h200.json")

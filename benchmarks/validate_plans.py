@@ -101,7 +101,8 @@ def cpu_latency(args):
                       *cells)
     table.add_section()
     table.add_row("MAPE", "", "", "", f"{np.mean(errors):.1%}", "", f"{np.mean(length_errors):.1%}")
-    emit(table, "cpu_validation_latency", f"CPU plan validation (latency), {today()}")
+    emit(table, "cpu_validation_latency", f"CPU plan validation (latency): requests as measured (cached in "
+                                          f"benchmarks/results/cpu_validation/), predicted {today()}")
 
 
 def cpu_accuracy(args):

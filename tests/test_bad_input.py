@@ -87,3 +87,34 @@ def test_decode_past_the_kv_capacity_is_refused(smollm2_dir):
     model.decode(torch.tensor([[5], [6]]), cache)
     with pytest.raises(TTSPlanError, match="outgrew its KV capacity of 4"):
         model.decode(torch.tensor([[5, 6], [7, 8]]), cache)
+
+
+@pytest.mark.parametrize("device, words", [("tpu", ("unknown device 'tpu'", "cpu or cuda")),
+                                           ("cuda", ("--device cuda", "no GPU"))])
+def test_run_on_an_unknown_or_absent_device(device, words):
+    """`run` checks its device before any model loads, as `profile` does (one check for both)."""
+    if device == "cuda" and __import__("torch").cuda.is_available():
+        pytest.skip("a GPU is visible here")
+    code, _, err = ttsplan("run", "--device", device, "-q", "1+1?")
+    assert_one_line_error(code, err, *words)
+    code, _, err = ttsplan("profile", "--device", device, "--random-weights", "qwen2.5-0.5b")
+    assert_one_line_error(code, err, *words)
+
+
+@pytest.mark.parametrize("flag, value, words", [("--limit", "0", ("--limit must be at least 1", "got 0")),
+                                                ("--offset", "-1", ("--offset must be at least 0",))])
+def test_an_empty_or_negative_problem_range(flag, value, words):
+    """`run --dataset gsm8k --limit 0` once started on all 1319 problems; now refused, in run and profile."""
+    code, _, err = ttsplan("run", "--dataset", "gsm8k", flag, value)
+    assert_one_line_error(code, err, *words)
+    code, _, err = ttsplan("profile", "--skip-device", "--dataset", "gsm8k", flag, value)
+    assert_one_line_error(code, err, *words)
+
+
+def test_an_unknown_emit_target_is_refused_before_the_search(tmp_path):
+    out = tmp_path / "plan.yaml"
+    code, stdout, err = ttsplan("optimize", "--device-profile", "profiles/device/h200-relay-qwen2.5-1.5b.yaml",
+                                "--task-profile", "profiles/tasks/qwen2.5-coder-1.5b-gsm8k/task.yaml", "--budget", "1s",
+                                "--emit", "sglang", "--out", str(out))
+    assert_one_line_error(code, err, "--emit knows vllm, not 'sglang'")
+    assert stdout == "" and not out.exists()

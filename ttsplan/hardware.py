@@ -5,6 +5,17 @@ from pathlib import Path
 
 import torch
 
+from ttsplan.errors import TTSPlanError
+
+
+def check_device(device: str) -> torch.device:
+    """The device a command runs on, refused in one line when unknown or absent."""
+    if device not in ("cpu", "cuda"):
+        raise TTSPlanError(f"unknown device {device!r}: cpu or cuda")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise TTSPlanError("--device cuda: no GPU is visible to torch here")
+    return torch.device(device)
+
 
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":

@@ -130,20 +130,20 @@ def capacity_for(own: int, q: int) -> int:
     return 512 * -(-(own + q + 1) // 512)
 
 
-def fitting_points(models: list[Transformer], points) -> tuple[list, list]:
-    """(points whose KV caches fit in free memory, points that do not), decided before any allocation.
-    Refused when not even the smallest point fits."""
+def fitting_points(models: list[Transformer], points, core: tuple[int, int]) -> list:
+    """The points whose KV caches do not fit in free memory, decided before any allocation: a context
+    or sweep point is skipped, a core point (every b level needs one) refused."""
     def need(pt):
         b, q, p, s = pt
         return sum(kv_cache_bytes(m.cfg, p, b, capacity_for(s, q), m.dtype) for m in models)
     free = free_memory_bytes(models[0].device)
-    fits = [pt for pt in points if need(pt) <= 0.8 * free]
-    if points and not fits:
-        b, q, p, s = min(points, key=need)
-        raise TTSPlanError(f"the grid point b={b}, q={q}, prompt {p}, own {s} needs {need((b, q, p, s)) / 2**30:.2f} "
-                           f"GiB of KV cache but only {free / 2**30:.2f} GiB is free on {models[0].device}: use "
-                           "--quick or fewer --branches")
-    return fits, [pt for pt in points if pt not in fits]
+    too_large = [pt for pt in points if need(pt) > 0.8 * free]
+    for b, q, p, s in too_large:
+        if (p, s) == tuple(core):
+            raise TTSPlanError(f"the grid point b={b}, q={q}, prompt {p}, own {s} needs {need((b, q, p, s)) / 2**30:.2f} "
+                               f"GiB of KV cache but only {free / 2**30:.2f} GiB is free on {models[0].device}: use "
+                               "--quick or fewer --branches")
+    return too_large
 
 
 class PromptCaches:
@@ -348,9 +348,9 @@ def measure_device(profile, out, model: Transformer, prompt_ids: list[int], grid
     window = model.cfg.max_position_embeddings
     tasks = [t for t in plan_tasks(grid, window, draft.cfg.max_position_embeddings if draft else None,
                                    dev.type == "cuda") if t not in measured_keys(profile)]
-    _, too_large = fitting_points([model] + ([draft] if draft else []),
-                                  [t[1:] for t in tasks if t[0] == "step"] + [t[1:2] + (1,) + t[2:] for t in tasks
-                                                                             if t[0] == "draft"])
+    too_large = fitting_points([model] + ([draft] if draft else []),
+                               [t[1:] for t in tasks if t[0] == "step"] + [t[1:2] + (1,) + t[2:] for t in tasks
+                                                                          if t[0] == "draft"], grid.core)
     tasks = [t for t in tasks if not (t[0] == "step" and t[1:] in too_large or
                                       t[0] == "draft" and t[1:2] + (1,) + t[2:] in too_large)]
     if on_task and too_large:
