@@ -256,20 +256,14 @@ class Replay:
             & (steps < stop[:, None])
         held = np.full(D, N)
         seconds = np.full(D, float(self.costs.capture.at(N, k))) * (2 if k else 1)
-        seen = {N: np.ones(D, bool)}
+        seen, none = {N: np.ones(D, bool)}, np.zeros(D, bool)
         for i in range(N - 1):
-            s = N - 1 - i
-            small = int(bucket(s, N))
-            if k:
-                moved = event[:, i] & (held >= SHRINK * small)
-                held = np.where(moved, small, held)
-                graph = small
-            else:
-                moved = event[:, i]
-                graph = small
-            new = moved & ~seen.get(graph, np.zeros(D, bool))
-            seen[graph] = seen.get(graph, np.zeros(D, bool)) | moved
-            seconds = seconds + new * float(self.costs.capture.at(graph, k))
+            small = int(bucket(N - 1 - i, N))
+            moved = event[:, i] & (held >= SHRINK * small) if k else event[:, i]
+            held = np.where(moved, small, held)
+            new = moved & ~seen.get(small, none)
+            seen[small] = seen.get(small, none) | moved
+            seconds = seconds + new * float(self.costs.capture.at(small, k))
         return seconds / 1e3
 
 
