@@ -193,6 +193,8 @@ def test_graphs_held_and_captured_against_the_engines_rule():
     """Batches shrinking from N in random jumps: the graphs the replay prices as captured are the ones
     GraphRound's rule captures; where the batch passes through every size, the graph the rule replays is
     round_graphs(N) (what the replay prices a round at; after jumps the rule may hold another)."""
+    from ttsplan.engine.cuda_graphs import SHRINK as ENGINE_SHRINK
+    assert SHRINK == ENGINE_SHRINK  # the replay's copy (planning does not import the engine)
     rng = np.random.default_rng(2)
     for N in (5, 12, 33, 64, 100, 128):
         for _ in range(20):

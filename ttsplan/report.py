@@ -5,6 +5,7 @@ from pathlib import Path
 import numpy as np
 from rich.table import Table
 
+from ttsplan.engine.config import ModelConfig
 from ttsplan.voting import VOTE_RULES
 
 
@@ -63,14 +64,14 @@ def fit_table(costs, profile) -> Table:
     table = _table("step-cost model (interpolated between measured levels)",
                    ["model", "points", "b levels left out", "held-out error", "held-out max",
                     "base ms at b = 1 / max", "ms per 1k own KV tokens", "own KV GB/s"])
-    kv = lambda cfg: 2 * cfg["num_layers"] * cfg["num_kv_heads"] * cfg["head_dim"] * (4 if profile.dtype == "float32" else 2)
+    width = 4 if profile.dtype == "float32" else 2
     models = (("target", costs.target, profile.model), ("draft", costs.draft, profile.draft.model if profile.draft else None))
     for name, m, info in models:
         if m is None:
             continue
         levels = m.level_table(1)
         slope = float(np.median([lv[2] for lv in levels if lv[0] >= 16] or [lv[2] for lv in levels]))
-        gbs = kv(info.config) * 1e3 / (slope * 1e-3) / 1e9 if slope > 0 else float("nan")
+        gbs = ModelConfig(**info.config).kv_token_bytes(width) * 1e3 / (slope * 1e-3) / 1e9 if slope > 0 else float("nan")
         table.add_row(name, str(m.points), str(m.held_out_levels), f"{m.held_out_error:.1%}", f"{m.held_out_max:.1%}",
                       f"{levels[0][1]:.2f} / {levels[-1][1]:.2f}", f"{slope:.4f}", f"{gbs:.0f}")
     v = profile.validation

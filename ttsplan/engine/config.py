@@ -86,6 +86,10 @@ class ModelConfig:
                  self.head_dim, self.vocab_size, self.attention_bias)
         return hashlib.sha256(repr(shape).encode()).hexdigest()[:12]
 
+    def kv_token_bytes(self, dtype_bytes: int) -> int:
+        """Bytes of K and V one token holds across all layers."""
+        return 2 * self.num_layers * self.num_kv_heads * self.head_dim * dtype_bytes
+
     def weight_bytes(self, dtype_bytes: int) -> int:
         """Bytes of weights read per decode step (embedding rows are gathered, not read whole)."""
         e, f, h, kv, d = self.hidden_size, self.intermediate_size, self.num_heads, self.num_kv_heads, self.head_dim

@@ -57,8 +57,7 @@ def step_bytes(cfg: ModelConfig, prefix_len: int, suffix_tokens: int, dtype: tor
     """Bytes a decode step must read at least: weights once, prefix KV once, each branch's own KV once
     (suffix_tokens: the own tokens of all live branches together, the ones being fed included)."""
     width = torch.finfo(dtype).bits // 8
-    kv_token = 2 * cfg.num_layers * cfg.num_kv_heads * cfg.head_dim * width
-    return cfg.weight_bytes(width) + kv_token * (prefix_len + suffix_tokens)
+    return cfg.weight_bytes(width) + cfg.kv_token_bytes(width) * (prefix_len + suffix_tokens)
 
 
 def decoder(model: Transformer, cache: KVCache, n: int, params: SamplingParams, cuda_graphs: bool):

@@ -26,7 +26,7 @@ def free_memory_bytes(device: torch.device) -> int:
 
 
 def kv_cache_bytes(cfg: ModelConfig, prefix_len: int, branches: int, suffix_capacity: int, dtype: torch.dtype) -> int:
-    per_token = 2 * cfg.num_layers * cfg.num_kv_heads * cfg.head_dim * torch.finfo(dtype).bits // 8
+    per_token = cfg.kv_token_bytes(torch.finfo(dtype).bits // 8)
     return per_token * (prefix_len + branches * suffix_capacity)
 
 

@@ -130,7 +130,7 @@ def capacity_for(own: int, q: int) -> int:
     return 512 * -(-(own + q + 1) // 512)
 
 
-def fitting_points(models: list[Transformer], points, core: tuple[int, int]) -> list:
+def oversized_points(models: list[Transformer], points, core: tuple[int, int]) -> list:
     """The points whose KV caches do not fit in free memory, decided before any allocation: a context
     or sweep point is skipped, a core point (every b level needs one) refused."""
     def need(pt):
@@ -290,8 +290,6 @@ def round_overhead_point(target: Transformer, draft: Transformer, t_caches: Prom
 
 REPEATS = {"cpu": (7, 3.0), "cuda": (15, 0.6)}  # (most repeats, seconds per point)
 DRAFT_LENGTHS = (1, 2, 4, 8)
-
-
 ROUND_BRANCHES = (1, 4, 16, 64, 128)  # round overheads at these b (where the grid has them)
 COMPACT_UPTO = (64, 1024)             # compaction: tokens each moved row copies
 
@@ -348,11 +346,11 @@ def measure_device(profile, out, model: Transformer, prompt_ids: list[int], grid
     window = model.cfg.max_position_embeddings
     tasks = [t for t in plan_tasks(grid, window, draft.cfg.max_position_embeddings if draft else None,
                                    dev.type == "cuda") if t not in measured_keys(profile)]
-    too_large = fitting_points([model] + ([draft] if draft else []),
-                               [t[1:] for t in tasks if t[0] == "step"] + [t[1:2] + (1,) + t[2:] for t in tasks
-                                                                          if t[0] == "draft"], grid.core)
-    tasks = [t for t in tasks if not (t[0] == "step" and t[1:] in too_large or
-                                      t[0] == "draft" and t[1:2] + (1,) + t[2:] in too_large)]
+    # (b, q, P, S) of the tasks that allocate a point's cache: steps, and draft steps (q = 1)
+    point = lambda t: t[1:] if t[0] == "step" else t[1:2] + (1,) + t[2:] if t[0] == "draft" else None
+    too_large = oversized_points([model] + ([draft] if draft else []),
+                                 [point(t) for t in tasks if point(t)], grid.core)
+    tasks = [t for t in tasks if point(t) not in too_large]
     if on_task and too_large:
         on_task(f"(skipping {len(too_large)} points too large for free memory)", False, len(tasks))
     t_caches = PromptCaches(model, prompt_ids)

@@ -22,9 +22,6 @@ from scipy.optimize import nnls
 
 from ttsplan.measure.profiles import BatchCost, CompactCost, PrefillCost, StepCost
 
-PARAMS = ("base", "own_ms", "prefix_ms")
-
-
 def plain_below(device_type: str, backend: str) -> float:
     """Prompts shorter than this are read per branch: the relay kernel's threshold on a GPU
     (kernels.relay_attention_triton.Tuning.plain_below), never on the CPU reference, always on vLLM."""
@@ -42,18 +39,24 @@ def _columns(b, q, prompt, own, live, plain_from):
 
 def _fit_levels(points: list[StepCost], plain_from: float):
     """{q: (b levels, [3, levels] parameters)} from the measured points."""
+    by_level: dict[tuple[int, int], list[StepCost]] = {}
+    for p in points:
+        by_level.setdefault((p.q, p.b), []).append(p)
+
+    def columns(q, b):
+        pts = by_level[(q, b)]
+        x_own, x_pre = _columns([b] * len(pts), q, [p.prompt for p in pts], [p.own for p in pts], None, plain_from)
+        return x_own, x_pre, np.array([p.ms for p in pts])
+
     out = {}
-    for q in sorted({p.q for p in points}):
-        levels = sorted({p.b for p in points if p.q == q})
+    for q in sorted({q for q, _ in by_level}):
+        levels = sorted(b for qq, b in by_level if qq == q)
         theta = np.full((3, len(levels)), np.nan)
         for i, b in enumerate(levels):
-            pts = [p for p in points if p.q == q and p.b == b]
-            x_own, x_pre = _columns([b] * len(pts), q, [p.prompt for p in pts], [p.own for p in pts], None, plain_from)
-            ms = np.array([p.ms for p in pts])
-            cols = [np.ones(len(pts))]
-            free = [c for c, x in ((1, x_own), (2, x_pre)) if np.ptp(x) > 0 and len(pts) > 1]
-            cols += [x_own if c == 1 else x_pre for c in free]
-            coef, _ = nnls(np.stack(cols, 1) / ms[:, None], np.ones(len(pts)))  # relative error
+            x_own, x_pre, ms = columns(q, b)
+            free = [c for c, x in ((1, x_own), (2, x_pre)) if np.ptp(x) > 0 and len(ms) > 1]
+            cols = [np.ones(len(ms))] + [x_own if c == 1 else x_pre for c in free]
+            coef, _ = nnls(np.stack(cols, 1) / ms[:, None], np.ones(len(ms)))  # relative error
             theta[0, i] = coef[0]
             for c, v in zip(free, coef[1:]):
                 theta[c, i] = v
@@ -75,10 +78,8 @@ def _fit_levels(points: list[StepCost], plain_from: float):
     # Where a slope was borrowed, the level's base is what its own points leave over.
     for q, (levels, theta) in out.items():
         for i, b in enumerate(levels):
-            pts = [p for p in points if p.q == q and p.b == b]
-            x_own, x_pre = _columns([b] * len(pts), q, [p.prompt for p in pts], [p.own for p in pts], None, plain_from)
-            rest = np.array([p.ms for p in pts]) - theta[1, i] * x_own - theta[2, i] * x_pre
-            theta[0, i] = max(float(np.median(rest)), 0.0)
+            x_own, x_pre, ms = columns(q, int(b))
+            theta[0, i] = max(float(np.median(ms - theta[1, i] * x_own - theta[2, i] * x_pre)), 0.0)
     return out
 
 

@@ -141,6 +141,14 @@ def rounds_needed(rng: np.random.Generator, rates: np.ndarray, shape: tuple, lon
     return out
 
 
+def finish_events(steps: np.ndarray, stop: np.ndarray) -> np.ndarray:
+    """[D, N] for sorted step counts: True at the last branch of each group that finishes at one step,
+    before the request stops, with branches still running after it (N - 1 - i of them)."""
+    D, N = steps.shape
+    last_of_group = np.concatenate([steps[:, 1:] != steps[:, :-1], np.zeros((D, 1), bool)], 1)
+    return last_of_group & (np.arange(N)[None, :] < N - 1) & (steps < stop[:, None])
+
+
 class Replay:
     """Latency of plans on one task profile and one device profile."""
 
@@ -207,13 +215,11 @@ class Replay:
         if m.fixed_ms == 0 and m.per_token_ms == 0:
             return np.zeros(len(steps))
         D, N = steps.shape
-        last_of_group = np.concatenate([steps[:, 1:] != steps[:, :-1], np.zeros((D, 1), bool)], 1)
         idx = np.arange(N)[None, :]
         first = np.where(np.concatenate([np.ones((D, 1), bool), steps[:, 1:] != steps[:, :-1]], 1), idx, 0)
-        first = np.maximum.accumulate(first, axis=1)
-        f = idx - first + 1
+        f = idx - np.maximum.accumulate(first, axis=1) + 1
         s = N - 1 - idx
-        event = last_of_group & (s > 0) & (steps < stop[:, None])
+        event = finish_events(steps, stop)
         p_move = 1 - 1 / comb(s + f, f)
         ms = m.fixed_ms * p_move + m.per_token_ms * s * f / (f + 1) * (1 + steps * tau)
         scale = self.costs.draft_compaction if speculative else 1.0
@@ -251,9 +257,7 @@ class Replay:
         runs at after a finish (plain: its bucket; rounds: the graph GraphRound moves to, plus the first
         round's own graph), each once."""
         D, N = steps.shape
-        survivors = N - 1 - np.arange(N)[None, :]
-        event = np.concatenate([steps[:, 1:] != steps[:, :-1], np.zeros((D, 1), bool)], 1) & (survivors > 0) \
-            & (steps < stop[:, None])
+        event = finish_events(steps, stop)
         held = np.full(D, N)
         seconds = np.full(D, float(self.costs.capture.at(N, k))) * (2 if k else 1)
         seen, none = {N: np.ones(D, bool)}, np.zeros(D, bool)
