@@ -86,13 +86,17 @@ def profile(
     quick: bool = typer.Option(False, help="a coarse step-cost grid that finishes in minutes on a CPU"),
     branches: str = typer.Option(None, help="override the grid's live branches, e.g. 1,2,4,8"),
     skip_device: bool = typer.Option(False, "--skip-device", help="measure no step costs"),
-    dataset: str = typer.Option(None, help="gsm8k or math500: also take accuracy samples (a task profile)"),
+    dataset: str = typer.Option(None, help="gsm8k-train or math-train (calibration), gsm8k or math500 (test): also take accuracy samples (a task profile)"),
     offset: int = typer.Option(0, help="first calibration problem"),
     limit: int = typer.Option(16, help="calibration problems"),
     n_max: int = typer.Option(16, "--n-max", help="sampled branches per calibration problem"),
     max_new_tokens: int = typer.Option(512, "--max-new-tokens", help="the samples' token limit"),
     temperature: float = typer.Option(0.7),
     top_p: float = typer.Option(0.95, "--top-p"),
+    rows: int = typer.Option(None, help="branches decoding at once while sampling, several problems' worth "
+                                        "(default: 8 problems on a GPU, 1 on a CPU)"),
+    samples_only: bool = typer.Option(False, "--samples-only", help="sample (and measure the acceptance) but do "
+                                      "not grade: grade later, elsewhere, with `profile grade`"),
     out_dir: Path = typer.Option(PROFILES, "--out-dir", help="where profiles are written"),
 ):
     """Measure step costs on this device (a device profile) and, with --dataset, accuracy samples and
@@ -107,6 +111,8 @@ def profile(
         raise TTSPlanError("accuracy samples need real weights: drop --random-weights or --dataset")
     if n_max < 1:
         raise TTSPlanError(f"--n-max must be at least 1, got {n_max}")
+    if rows is not None and rows < n_max:
+        raise TTSPlanError(f"--rows must hold one problem's {n_max} branches, got {rows}")
     from ttsplan.hardware import check_device
     dev = check_device(device)
     if dataset:
@@ -140,15 +146,17 @@ def profile(
                            task_reporter(progress, task, "step costs"))
         console.print(f"device profile: {out}")
     if dataset:
-        out = task_profile_dir(out_dir, name, dataset)
+        out = task_profile_dir(out_dir, name, dataset, dev)
         with progress_bar() as progress:
             task = progress.add_task(f"{dataset} samples", total=limit)
             acc = progress.add_task("acceptance", total=None, visible=draft is not None)
-            _, path = profile_task(engine, load_draft_engine(engine, draft, device) if draft else None, info, d_info,
-                                   dataset, offset, limit, n_max, max_new_tokens, temperature, top_p, out,
-                                   on_problem=lambda p, skipped: progress.advance(task),
-                                   on_prompt=lambda i: progress.advance(acc))
-        console.print(f"task profile: {path}")
+            path, stats = profile_task(engine, load_draft_engine(engine, draft, device) if draft else None, info,
+                                       d_info, dataset, offset, limit, n_max, max_new_tokens, temperature, top_p, out,
+                                       rows, grade=not samples_only, on_problem=lambda p, skipped: progress.advance(task),
+                                       on_prompt=lambda i: progress.advance(acc))
+        if stats:
+            console.print(f"sampled {stats.new_tokens} tokens in {stats.steps} steps, rows {stats.occupancy:.0%} occupied")
+        console.print(f"{'samples' if samples_only else 'task profile'}: {path}")
 
 
 def task_reporter(progress, task, what: str):
@@ -163,6 +171,17 @@ def task_reporter(progress, task, what: str):
 def load_draft_engine(engine, draft: str, device: str):
     from ttsplan.runner import load_draft
     return load_draft(engine, draft, device)
+
+
+@profile_app.command("grade")
+@clean_errors
+def profile_grade(folder: Path = typer.Argument(..., help="a task profile's folder (holding samples/)")):
+    """Grade a task profile's samples into its task.yaml (samples taken with --samples-only, elsewhere)."""
+    from ttsplan.measure.profile import grade_task
+    with progress_bar() as progress:
+        task = progress.add_task("grading", total=None)
+        path = grade_task(folder, on_problem=lambda _: progress.advance(task))
+    console.print(f"task profile: {path}")
 
 
 @profile_app.command("show")
@@ -321,7 +340,7 @@ def check_plan_device(plan, device: str, backend: str, shape: str, force: bool) 
 @clean_errors
 def run(
     question: str = typer.Option(None, "--question", "-q", help="one question to answer"),
-    dataset: str = typer.Option(None, help="gsm8k or math500: run problems from the test set instead"),
+    dataset: str = typer.Option(None, help="gsm8k or math500 (test sets; or a train split): run its problems instead"),
     limit: int = typer.Option(10, help="with --dataset: how many problems"),
     offset: int = typer.Option(0, help="with --dataset: first problem index"),
     plan_file: Path = typer.Option(None, "--plan", help="a plan from `ttsplan optimize` (its settings replace "

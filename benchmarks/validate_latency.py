@@ -35,8 +35,8 @@ from common import emit, today
 from ttsplan.files import write_atomic
 from ttsplan.planning.plan import Plan
 
-LENGTHS = Path("profiles/tasks/qwen2.5-coder-0.5b-gsm8k/task.yaml")
-ACCEPTANCE = Path("profiles/tasks/qwen2.5-coder-1.5b-gsm8k/task.yaml")
+LENGTHS = Path("profiles/tasks/qwen2.5-coder-0.5b-gsm8k-cpu-2t/task.yaml")
+ACCEPTANCE = Path("profiles/tasks/qwen2.5-coder-1.5b-gsm8k-cpu-2t/task.yaml")
 CAP_MIN, K_MAX = 48, 8
 
 

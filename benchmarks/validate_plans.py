@@ -21,8 +21,8 @@ from rich.table import Table
 from common import RESULTS, emit, today
 from ttsplan.planning.plan import Plan
 
-ACCEPTANCE = Path("profiles/tasks/qwen2.5-coder-1.5b-gsm8k/task.yaml")
-LENGTHS = Path("profiles/tasks/qwen2.5-coder-0.5b-gsm8k/task.yaml")
+ACCEPTANCE = Path("profiles/tasks/qwen2.5-coder-1.5b-gsm8k-cpu-2t/task.yaml")
+LENGTHS = Path("profiles/tasks/qwen2.5-coder-0.5b-gsm8k-cpu-2t/task.yaml")
 HELD_OUT = 1000
 
 
@@ -52,7 +52,7 @@ def run_plan(plan: Plan, problems) -> list[dict]:
 
 def profiles_for(plan: Plan) -> tuple[Path, Path]:
     name = plan.model
-    return (Path(f"profiles/device/cpu-2t-relay-{name}.yaml"), Path(f"profiles/tasks/{name}-gsm8k/task.yaml"))
+    return (Path(f"profiles/device/cpu-2t-relay-{name}.yaml"), Path(f"profiles/tasks/{name}-gsm8k-cpu-2t/task.yaml"))
 
 
 def predicted(plan: Plan, replay_cache: dict):
@@ -140,9 +140,9 @@ def cpu_accuracy(args):
 def headline(args):
     from ttsplan.planning.optimize import optimize
     from ttsplan.planning.search import describe
-    cases = [("cpu", Path(f"profiles/device/cpu-2t-relay-{m}.yaml"), Path(f"profiles/tasks/{m}-gsm8k/task.yaml"),
+    cases = [("cpu", Path(f"profiles/device/cpu-2t-relay-{m}.yaml"), Path(f"profiles/tasks/{m}-gsm8k-cpu-2t/task.yaml"),
               (10, 30, 60, 120)) for m in ("qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b")]
-    cases += [("h100", Path(f"profiles/device/h100-relay-{s}.yaml"), Path(f"profiles/tasks/{m}-gsm8k/task.yaml"),
+    cases += [("h100", Path(f"profiles/device/h100-relay-{s}.yaml"), Path(f"profiles/tasks/{m}-gsm8k-cpu-2t/task.yaml"),
                (0.5, 1, 2, 5, 10)) for s, m in (("qwen2.5-0.5b", "qwen2.5-coder-0.5b"),
                                                 ("qwen2.5-1.5b", "qwen2.5-coder-1.5b"))]
     table = Table(title=f"accuracy within a p90 latency budget: the latency-optimal plan and the plans the seed "

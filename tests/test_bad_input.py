@@ -114,7 +114,7 @@ def test_an_empty_or_negative_problem_range(flag, value, words):
 def test_an_unknown_emit_target_is_refused_before_the_search(tmp_path):
     out = tmp_path / "plan.yaml"
     code, stdout, err = ttsplan("optimize", "--device-profile", "profiles/device/h200-relay-qwen2.5-1.5b.yaml",
-                                "--task-profile", "profiles/tasks/qwen2.5-coder-1.5b-gsm8k/task.yaml", "--budget", "1s",
+                                "--task-profile", "profiles/tasks/qwen2.5-coder-1.5b-gsm8k-cpu-2t/task.yaml", "--budget", "1s",
                                 "--emit", "sglang", "--out", str(out))
     assert_one_line_error(code, err, "--emit knows vllm, not 'sglang'")
     assert stdout == "" and not out.exists()

@@ -1,9 +1,8 @@
 """`ttsplan profile`, `profile show`, `optimize` and `run --plan` end to end on the real smollm2-135m:
 a small real profile, a killed run that resumes, damaged and mismatched profiles, bad input."""
-import gzip
-import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -11,11 +10,14 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
 
+from ttsplan.errors import TTSPlanError
 from ttsplan.measure.profiles import load_device_profile, load_task_profile
+from ttsplan.measure.samples import load_store
 from ttsplan.measure.step_cost import default_grid, measured_keys, plan_tasks
 
 SMALL = ["--quick", "--branches", "1,4,8", "--max-new-tokens", "48"]
@@ -44,7 +46,7 @@ def profiles(tmp_path_factory, smollm2_dir):
     ttsplan("profile", "--model", smollm2_dir, *SMALL, "--dataset", "gsm8k", "--limit", "2", "--n-max", "4",
             "--out-dir", out)
     device = next((out / "device").glob("*.yaml"))
-    task = out / "tasks" / f"{smollm2_dir.name}-gsm8k" / "task.yaml"
+    (task,) = (out / "tasks").glob(f"{smollm2_dir.name}-gsm8k-cpu-*/task.yaml")
     return out, device, task
 
 
@@ -106,28 +108,35 @@ def test_killed_run_resumes_and_measures_only_the_missing_points(tmp_path, smoll
 
 def test_killed_sampling_resumes_where_it_stopped(tmp_path, smollm2_dir):
     args = ["profile", "--model", smollm2_dir, "--skip-device", "--dataset", "gsm8k", "--limit", "3", "--n-max", "3",
-            "--max-new-tokens", "48", "--out-dir", tmp_path]
-    samples = tmp_path / "tasks" / f"{smollm2_dir.name}-gsm8k" / "samples.json.gz"
+            "--max-new-tokens", "48", "--samples-only", "--out-dir", tmp_path]
 
-    def problems():
+    def store():
         try:
-            with gzip.open(samples, "rt") as f:
-                return json.load(f)["problems"]
-        except (OSError, EOFError, ValueError):
-            return []
+            (folder,) = (tmp_path / "tasks").glob("*/samples")
+            return load_store(folder)
+        except (ValueError, TTSPlanError):
+            return None
     proc = subprocess.Popen([sys.executable, "-m", "ttsplan", *map(str, args)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
-    wait_for(lambda: len(problems()) >= 1, proc)
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "TTSPLAN_PART_SECONDS": "0"})
+    wait_for(lambda: (s := store()) is not None and len(s.problems) >= 1, proc)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    first = problems()
-    assert 1 <= len(first) < 3
+    first = store()
+    assert 1 <= len(first.problems) < 3
     ttsplan(*args)
-    final = problems()
-    assert [p["id"] for p in final] == ["gsm8k-0", "gsm8k-1", "gsm8k-2"]
-    assert final[:len(first)] == first, "sampled problems are not sampled again"
-    task = load_task_profile(samples.parent / "task.yaml")
+    final = store()
+    assert [p["id"] for p in final.problems] == ["gsm8k-0", "gsm8k-1", "gsm8k-2"]
+    assert final.problems[:len(first.problems)] == first.problems, "sampled problems are not sampled again"
+    assert np.array_equal(final.tokens[:len(first.tokens)], first.tokens)
+    folder = tmp_path / "tasks" / f"{smollm2_dir.name}-gsm8k-cpu-{torch.get_num_threads()}t"
+    assert sorted(f.name for f in (folder / "samples").iterdir())[-1] == "meta.json" and not (folder / "task.yaml").exists()
+    assert final.meta["sampled_on"]["type"] == "cpu" and final.meta["sampled_on"]["dtype"] == "float32"
+    ttsplan("profile", "grade", folder)
+    task = load_task_profile(folder / "task.yaml")
     assert task.limit == 3 and all(len(p.branches) == 3 for p in task.problems)
+    assert [[b.length for b in p.branches] for p in task.problems] == final.lengths.tolist()
+    assert task.sampled_on == final.meta["sampled_on"]
+    assert "sampled on" in ttsplan("profile", "show", folder / "task.yaml").stdout
 
 
 def damaged(tmp_path, source: Path, text: str, name="profile.yaml") -> Path:
@@ -152,9 +161,10 @@ def test_damaged_profiles_are_refused_with_one_line(profiles, tmp_path):
         one_line_error(ttsplan("profile", "show", path, check=False), str(path), *words)
     task_text = task_path.read_text()
     path = tmp_path / "t" / "task.yaml"
-    path.parent.mkdir()
+    shutil.copytree(task_path.parent / "samples", path.parent / "samples")
     path.write_text(task_text)
-    (path.parent / "samples.json.gz").write_bytes(b"not the samples")
+    (part,) = (path.parent / "samples").glob("part-*.npz")
+    part.write_bytes(part.read_bytes() + b"x")
     one_line_error(ttsplan("profile", "show", path, check=False), "samples_sha256")
 
 

@@ -16,7 +16,7 @@ import re
 from dataclasses import dataclass
 from fractions import Fraction
 
-TASKS = ("gsm8k", "math500")
+TASKS = ("gsm8k", "math")  # answer kinds (datasets.answer_kind): GSM8K numbers, MATH LaTeX
 BOX_COMMANDS = ("\\boxed", "\\fbox")
 PLAIN_NUMBER = re.compile(r"-?(?:\d+(?:\.\d*)?|\.\d+)")
 # A number in running text: digit groups of three after a comma are thousands, not a list.

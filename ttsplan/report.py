@@ -86,13 +86,21 @@ def fit_table(costs, profile) -> Table:
 
 # --- task profile --------------------------------------------------------------------------------
 
+def sampled_on_line(on: dict) -> str:
+    if not on:
+        return ""
+    return (f"\nsampled on {on['device']}, {on['dtype']}, {on['backend']} engine (ttsplan {on['ttsplan']}, "
+            f"torch {on['torch']}, triton {on['triton']})")
+
+
 def task_tables(profile, accuracy, task) -> list[Table]:
     cap = task.max_new_tokens
     sizes = [n for n in (1, 2, 4, 8, 16, 32, 64) if n <= profile.n_max]
     acc = _table(f"accuracy (95% interval) on {profile.dataset} problems {profile.offset}.."
                  f"{profile.offset + profile.limit - 1}: {profile.model.name}, T={profile.sampling['temperature']}",
                  ["vote rule"] + [f"N={n}" for n in sizes],
-                 caption=f"{profile.limit} problems x {profile.n_max} sampled branches; subsampled, not extrapolated")
+                 caption=f"{profile.limit} problems x {profile.n_max} sampled branches; subsampled, not extrapolated"
+                         + sampled_on_line(profile.sampled_on))
     for rule in VOTE_RULES:
         cells = []
         for n in sizes:

@@ -15,7 +15,7 @@ import torch
 
 from ttsplan.answers import extract_answer, group_answers, is_correct
 from ttsplan.assets import resolve_model
-from ttsplan.datasets import prompt_text
+from ttsplan.datasets import answer_kind, prompt_ids
 from ttsplan.engine.generate import Branch, GenerationStats, generate
 from ttsplan.engine.model import Transformer, default_dtype
 from ttsplan.engine.sampling import SamplingParams
@@ -107,9 +107,7 @@ def generate_branches(model: Transformer, prompt: list[int], n: int, params: Sam
 
 def encode(engine: Engine, question: str) -> list[int]:
     """The chat-templated prompt token ids for one question."""
-    messages = [{"role": "user", "content": prompt_text(question)}]
-    ids = engine.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
-    return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
+    return prompt_ids(engine.tokenizer, question)
 
 
 @dataclass
@@ -173,7 +171,7 @@ class VoteWatch:
 
 def solve(engine: Engine, question: str, plan: Plan, draft: Engine | None = None, on_step=None) -> Solved:
     t0 = time.perf_counter()
-    watch = VoteWatch(engine.tokenizer, plan.vote, plan.dataset)
+    watch = VoteWatch(engine.tokenizer, plan.vote, answer_kind(plan.dataset))
     branches, stats, spec = generate_branches(
         engine.model, encode(engine, question), plan.branches, sampling_params(plan), engine.eos_ids,
         draft.model if draft else None, plan.draft_len, on_step, stop=watch.decided if plan.early_stop else None)
@@ -232,7 +230,7 @@ def run_dataset(solver: Callable[[str], Solved], problems, out: Path, dataset: s
     done = load_results(out)
     for p in problems:
         if p.id not in done:
-            done[p.id] = result_row(p.id, p.gold, solver(p.question), dataset)
+            done[p.id] = result_row(p.id, p.gold, solver(p.question), answer_kind(dataset))
             append_result(out, done[p.id])
         if on_problem:
             on_problem(p)
@@ -245,7 +243,7 @@ def solve_vllm(engine, question: str, plan: Plan, on_step=None) -> Solved:
     from ttsplan.backends.vllm import generate as vllm_generate
     t0 = time.perf_counter()
     branches, stats, _ = vllm_generate(engine.llm, encode(engine, question), plan)
-    answer, tallies, answers, weights = VoteWatch(engine.tokenizer, plan.vote, plan.dataset).tally(branches)
+    answer, tallies, answers, weights = VoteWatch(engine.tokenizer, plan.vote, answer_kind(plan.dataset)).tally(branches)
     return Solved(answer, tallies, branches, answers, weights, stats, time.perf_counter() - t0)
 
 

@@ -10,21 +10,28 @@ Both write under profiles/ (or --out-dir) atomically after every measured point 
 measure only what the files there do not hold yet.
 """
 from dataclasses import asdict, replace
+from functools import partial
 from pathlib import Path
 
 import torch
 
-from ttsplan.assets import weights_sha256
+from ttsplan import __version__
+from ttsplan.assets import resolve_model, weights_sha256
+from ttsplan.datasets import load_problems, prompt_ids
+from ttsplan.engine.sampling import SamplingParams
 from ttsplan.engine.config import ModelConfig
 from ttsplan.errors import TTSPlanError
 from ttsplan.files import remove_stale_temps
 from ttsplan.hardware import copy_bandwidth, device_name, device_slug
-from ttsplan.measure.profiles import DeviceProfile, DraftCosts, ModelInfo, load_device_profile, load_task_profile, \
-    save_profile, software_versions, today
+from ttsplan.measure.profiles import DeviceProfile, DraftCosts, ModelInfo, load_acceptance, load_device_profile, \
+    save_acceptance, save_profile, software_versions, today
+from ttsplan.measure.samples import collect_samples, load_store, new_meta
 from ttsplan.measure.step_cost import Grid, measure_device
+from ttsplan.measure.task import build_task_profile, measure_acceptance
 
 ACCEPTANCE_PROMPTS = 8
 ACCEPTANCE_TOKENS = 256  # whole answers: a derivation's later tokens are easier to draft than its first ones
+ACCEPTANCE_FILE = "acceptance.yaml"  # beside the samples: measured where they were
 
 
 def model_info(name: str, cfg: ModelConfig, random_weights: bool) -> ModelInfo:
@@ -33,7 +40,6 @@ def model_info(name: str, cfg: ModelConfig, random_weights: bool) -> ModelInfo:
 
 def calibration_text_ids(tokenizer, tokens: int) -> list[int]:
     """Real text (GSM8K questions, joined) of at least `tokens` tokens, for prompts of any length."""
-    from ttsplan.datasets import load_problems
     text, ids = "", []
     for p in load_problems("gsm8k"):
         text += p.question + "\n"
@@ -48,8 +54,9 @@ def device_profile_path(out_dir: Path, device: torch.device, model: str, backend
     return Path(out_dir) / "device" / f"{device_slug(device)}-{backend}-{Path(model).name}.yaml"
 
 
-def task_profile_dir(out_dir: Path, model: str, dataset: str) -> Path:
-    return Path(out_dir) / "tasks" / f"{Path(model).name}-{dataset}"
+def task_profile_dir(out_dir: Path, model: str, dataset: str, device: torch.device) -> Path:
+    """One task profile per model, dataset and device kind: fp32 CPU and bf16 GPU samples are kept apart."""
+    return Path(out_dir) / "tasks" / f"{Path(model).name}-{dataset}-{device_slug(device)}"
 
 
 def load_models(model: str | None, random_weights: str | None, draft: str | None, device: torch.device):
@@ -109,7 +116,6 @@ def profile_vllm_device(model: str, draft: str | None, device: torch.device, qui
                         on_task=None, branches: tuple[int, ...] | None = None) -> Path:
     """Measure (or finish measuring) the device profile of `model` served by vLLM, with `draft`
     proposing for it when given; `branches` overrides the grid's live-branch axis."""
-    from ttsplan.assets import resolve_model
     from ttsplan.measure.vllm_step_cost import VLLM_GRIDS, measure_phase, measure_vllm_device
     from transformers import AutoTokenizer
     grid = VLLM_GRIDS[(device.type, quick)]
@@ -170,37 +176,60 @@ def run_in_process(fn, profile, out: Path, *args, on_task=None, what: str = ""):
     return load_device_profile(out)
 
 
+def sampled_on(model) -> dict:
+    """Where and how samples are taken: a task profile says it, and a resumed store must match it."""
+    return {"device": device_name(model.device), "type": model.device.type, "dtype": str(model.dtype).split(".")[-1],
+            "backend": "relay", "ttsplan": __version__, **software_versions()}
+
+
+def default_rows(device: torch.device, n_max: int) -> int:
+    """Branches decoding at once while sampling: 8 problems' worth on a GPU, one problem on a CPU."""
+    return n_max * (8 if device.type == "cuda" else 1)
+
+
 def profile_task(engine, draft_engine, info: ModelInfo, draft_info, dataset: str, offset: int, limit: int,
                  n_max: int, max_new_tokens: int, temperature: float, top_p: float, out_dir: Path,
-                 on_problem=None, on_prompt=None):
-    """Sample (or finish sampling) the calibration problems, grade them, measure the acceptance; write
-    task.yaml beside samples.json.gz.  Returns the task profile and its path."""
-    from ttsplan.datasets import load_problems
-    from ttsplan.engine.sampling import SamplingParams
-    from ttsplan.measure.samples import collect_samples
-    from ttsplan.measure.task import build_task_profile, measure_acceptance
-    from ttsplan.runner import encode
+                 rows: int | None = None, grade: bool = True, on_problem=None, on_prompt=None):
+    """Sample (or finish sampling) the calibration problems into out_dir/samples/, measure the draft's
+    acceptance beside them, and (grade) grade them into out_dir/task.yaml.  Returns the path written
+    last and the sampling batch's statistics (None when nothing was left to sample)."""
     if n_max < 1:
         raise TTSPlanError(f"--n-max must be at least 1, got {n_max}")
     problems = load_problems(dataset, limit, offset)
     if not problems:
         raise TTSPlanError(f"{dataset} has no problems from offset {offset}")
     params = SamplingParams(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=0)
-    samples = out_dir / "samples.json.gz"
-    path = out_dir / "task.yaml"
+    folder = out_dir / "samples"
     remove_stale_temps(out_dir)
-    store = collect_samples(engine, problems, n_max, params, samples, asdict(info), dataset, on_problem)
-    acceptance = load_task_profile(path).acceptance if path.exists() else []
+    meta = new_meta(asdict(info), dataset, params, n_max, sampled_on(engine.model))
+    rows = rows or default_rows(engine.model.device, n_max)
+    store, stats = collect_samples(engine.model, partial(prompt_ids, engine.tokenizer), problems, n_max, params, folder, meta,
+                                   rows, engine.eos_ids, on_problem)
     if draft_engine is not None:
-        prompts = [encode(engine, p.question) for p in problems[:ACCEPTANCE_PROMPTS]]
+        prompts = [prompt_ids(engine.tokenizer, p.question) for p in problems[:ACCEPTANCE_PROMPTS]]
+        acceptance = load_acceptance(folder / ACCEPTANCE_FILE)
         for temp in (temperature, 0.0):
             if any(a.draft.shape == draft_info.shape and a.temperature == temp for a in acceptance):
                 continue
             acceptance.append(measure_acceptance(engine.model, draft_engine.model, draft_info, prompts,
                                                  engine.eos_ids, temp, new_tokens=min(max_new_tokens, ACCEPTANCE_TOKENS),
                                                  on_prompt=on_prompt))
-            save_profile(build_task_profile(store, samples, engine.tokenizer, info, offset, acceptance), path)
-    profile = build_task_profile(store, samples, engine.tokenizer, info, offset, acceptance)
-    profile.offset = min(p["index"] for p in store["problems"])
-    save_profile(profile, path)
-    return profile, path
+            save_acceptance(acceptance, folder / ACCEPTANCE_FILE)
+    if not grade:
+        return folder, stats
+    return grade_task(out_dir, engine.tokenizer, store), stats
+
+
+def grade_task(out_dir: Path, tokenizer=None, store=None, on_problem=None) -> Path:
+    """Grade the samples in out_dir/samples/ (with the acceptance measured beside them) into
+    out_dir/task.yaml; tokenizer: the sampled model's (loaded when None)."""
+    folder = Path(out_dir) / "samples"
+    store = store or load_store(folder)
+    if store is None:
+        raise TTSPlanError(f"{folder}: no samples store here (meta.json is missing)")
+    if tokenizer is None:
+        from transformers import AutoTokenizer
+        tokenizer = AutoTokenizer.from_pretrained(resolve_model(store.meta["model"]["name"]))
+    path = Path(out_dir) / "task.yaml"
+    save_profile(build_task_profile(store, folder, tokenizer, load_acceptance(folder / ACCEPTANCE_FILE), on_problem), path)
+    return path

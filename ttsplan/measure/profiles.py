@@ -5,10 +5,11 @@
                   k drafts), shared prompt length and own tokens per branch; prefill; CUDA-graph
                   capture; the decode loop's own cost per step; and, with a draft, the draft's step
                   and the fixed cost of a speculative round.  profiles/device/<device>-<backend>-<model>.yaml
-  task profile    what a model does on a dataset, whatever the device: per calibration problem, N_max
-                  sampled branches with their lengths, finish reasons and graded answers (the tokens and
-                  per-token scores lie beside it in samples.json.gz); the draft's acceptance per position.
-                  profiles/tasks/<model>-<dataset>/task.yaml
+  task profile    what a model does on a dataset: per calibration problem, N_max sampled branches
+                  with their lengths, finish reasons and graded answers (the tokens and per-token scores
+                  lie beside it in samples/); the draft's acceptance per position; where and how it was
+                  sampled (fp32 on a CPU and bf16 on a GPU differ, so each has its own profile).
+                  profiles/tasks/<model>-<dataset>-<device>/task.yaml
 
 Loading validates every field: a malformed, truncated, wrong-schema or mismatched profile is refused
 with one line naming the file and the field.  Writes are atomic.
@@ -25,7 +26,7 @@ from ttsplan.errors import TTSPlanError
 from ttsplan.files import write_atomic
 
 DEVICE_SCHEMA = "ttsplan.device/1"
-TASK_SCHEMA = "ttsplan.task/1"
+TASK_SCHEMA = "ttsplan.task/2"
 PROFILES = Path(__file__).resolve().parent.parent.parent / "profiles"
 
 
@@ -138,11 +139,12 @@ class TaskProfile:
     limit: int
     sampling: dict
     n_max: int
-    samples_sha256: str            # of samples.json.gz beside this file
+    samples_sha256: str            # of the samples/ store beside this file (samples.store_sha256)
     problems: list[ProblemSamples]
     acceptance: list[Acceptance] = field(default_factory=list)
-    software: dict = field(default_factory=dict)
+    software: dict = field(default_factory=dict)   # of the grading
     date: str = ""
+    sampled_on: dict = field(default_factory=dict)  # device, dtype, backend and versions of the sampling
     ttsplan: str = __version__
     schema: str = TASK_SCHEMA
 
@@ -289,6 +291,20 @@ def load_device_profile(path: Path) -> DeviceProfile:
         if s.ms <= 0 or s.b < 1 or s.q < 1:
             raise TTSPlanError(f"{path}: field 'steps[{i}]' has a non-positive time, b or q")
     return profile
+
+
+def load_acceptance(path: Path) -> list[Acceptance]:
+    """The draft acceptances measured beside a samples store ([] before any)."""
+    if not Path(path).is_file():
+        return []
+    data = _read_yaml(path)
+    if not isinstance(data, list):
+        raise TTSPlanError(f"{path}: field 'top level' should be a list of acceptances")
+    return [_build(Acceptance, a, path, f"[{i}]") for i, a in enumerate(data)]
+
+
+def save_acceptance(acceptance: list[Acceptance], path: Path) -> None:
+    write_atomic(Path(path), yaml.dump(_to_plain(acceptance), Dumper=_Dumper, sort_keys=False, width=120).encode())
 
 
 def load_task_profile(path: Path) -> TaskProfile:

@@ -10,11 +10,12 @@ nothing.
 from pathlib import Path
 
 from ttsplan.answers import extract_answer, group_answers, parse_answer, same_answer, stated_answers
+from ttsplan.datasets import answer_kind
 from ttsplan.engine.sampling import SamplingParams
 from ttsplan.engine.speculative import generate_speculative
-from ttsplan.files import sha256_file
 from ttsplan.measure.profiles import Acceptance, BranchSample, ModelInfo, ProblemSamples, TaskProfile, \
     software_versions, today
+from ttsplan.measure.samples import SampleStore, store_sha256
 from ttsplan.voting import vote
 
 
@@ -39,14 +40,17 @@ def tokens_to_cover(ends: list[int], chars: int) -> int:
     return len(ends)
 
 
-def grade_problem(raw: dict, tokenizer, task: str) -> ProblemSamples:
+def grade_problem(store: SampleStore, p: int, tokenizer, task: str) -> ProblemSamples:
+    """Problem p of the store graded: its branches' answers grouped into classes, each class graded once."""
+    raw = store.problems[p]
     branches, answers = [], []
-    for b in raw["branches"]:
-        text = tokenizer.decode(b["tokens"], skip_special_tokens=True)
-        ends = token_ends(tokenizer, b["tokens"], text)
+    for i in range(store.lengths.shape[1]):
+        tokens = store.branch(p, i).tolist()
+        text = tokenizer.decode(tokens, skip_special_tokens=True)
+        ends = token_ends(tokenizer, tokens, text)
         stated = [(tokens_to_cover(ends, s.end), s.answer) for s in stated_answers(text)]
-        final = extract_answer(text, task, finished=b["finish"] == "eos")
-        branches.append((b, stated, final))
+        final = extract_answer(text, task, finished=store.finish_of(p, i) == "eos")
+        branches.append((len(tokens), store.finish_of(p, i), stated, final))
         answers += [final] + [a for _, a in stated]
     classes, representatives = group_answers(answers, task)
     class_of = dict(zip(answers, classes))
@@ -57,23 +61,27 @@ def grade_problem(raw: dict, tokenizer, task: str) -> ProblemSamples:
             members.setdefault(c, []).append(a)
     spellings = [vote([0] * len(members[c]), members[c], [1.0] * len(members[c]))[0] for c in range(len(representatives))]
     samples = []
-    for b, stated, final in branches:
+    for length, finish, stated, final in branches:
         cls = class_of.get(final)
-        samples.append(BranchSample(len(b["tokens"]), b["finish"], -1 if cls is None else cls,
+        samples.append(BranchSample(length, finish, -1 if cls is None else cls,
                                     [[n, class_of[a]] for n, a in stated if class_of.get(a) is not None]))
     return ProblemSamples(raw["id"], raw["gold"], raw["prompt_tokens"], spellings,
                           [same_answer(rep, gold, task) for rep in representatives], samples)
 
 
-def build_task_profile(store: dict, samples_path: Path, tokenizer, info: ModelInfo, offset: int,
-                       acceptance: list[Acceptance], on_problem=None) -> TaskProfile:
+def build_task_profile(store: SampleStore, folder: Path, tokenizer, acceptance: list[Acceptance],
+                       on_problem=None) -> TaskProfile:
+    """The store in `folder` graded into a task profile (with the draft acceptance measured beside it)."""
     problems = []
-    for raw in store["problems"]:
-        problems.append(grade_problem(raw, tokenizer, store["dataset"]))
+    task = answer_kind(store.meta["dataset"])
+    for p in range(len(store.problems)):
+        problems.append(grade_problem(store, p, tokenizer, task))
         if on_problem:
-            on_problem(raw["id"])
-    return TaskProfile(info, store["dataset"], offset, len(problems), store["sampling"], store["n_max"],
-                       sha256_file(samples_path), problems, acceptance, software_versions(), today())
+            on_problem(store.problems[p]["id"])
+    meta = store.meta
+    return TaskProfile(ModelInfo(**meta["model"]), meta["dataset"], min((p["index"] for p in store.problems), default=0),
+                       len(problems), meta["sampling"], meta["n_max"], store_sha256(folder), problems, acceptance,
+                       software_versions(), today(), sampled_on=meta["sampled_on"])
 
 
 def measure_acceptance(target, draft, draft_info: ModelInfo, prompts: list[list[int]], eos_ids: set[int],

@@ -11,9 +11,8 @@ from pathlib import Path
 import numpy as np
 
 from ttsplan.errors import TTSPlanError
-from ttsplan.files import sha256_file
 from ttsplan.measure.profiles import TaskProfile
-from ttsplan.measure.samples import load_samples
+from ttsplan.measure.samples import load_store, store_sha256
 from ttsplan.voting import VOTE_RULES, weights_by_length
 
 
@@ -58,15 +57,15 @@ class TaskArrays:
 
 
 def load_task_arrays(profile: TaskProfile, profile_path: Path) -> TaskArrays:
-    """The task profile's arrays; the per-token scores come from samples.json.gz beside the profile."""
-    samples_path = Path(profile_path).parent / "samples.json.gz"
-    if not samples_path.is_file():
-        raise TTSPlanError(f"{samples_path}: missing: the task profile's samples must lie beside it")
-    if sha256_file(samples_path) != profile.samples_sha256:
-        raise TTSPlanError(f"{profile_path}: field 'samples_sha256' does not match {samples_path.name} "
-                           "(regrade with `ttsplan profile` to rebuild the profile from its samples)")
-    store = load_samples(samples_path)
-    raw = {p["id"]: p for p in store["problems"]}
+    """The task profile's arrays; the per-token scores come from the samples/ store beside the profile."""
+    folder = Path(profile_path).parent / "samples"
+    store = load_store(folder)
+    if store is None:
+        raise TTSPlanError(f"{folder}: missing: the task profile's samples must lie beside it")
+    if store_sha256(folder) != profile.samples_sha256:
+        raise TTSPlanError(f"{profile_path}: field 'samples_sha256' does not match {folder} "
+                           "(regrade with `ttsplan profile grade` to rebuild the profile from its samples)")
+    where = {p["id"]: i for i, p in enumerate(store.problems)}
     P, n = len(profile.problems), profile.n_max
     if P == 0:
         raise TTSPlanError(f"{profile_path}: field 'problems' is empty: no calibration problem was sampled")
@@ -74,15 +73,18 @@ def load_task_arrays(profile: TaskProfile, profile_path: Path) -> TaskArrays:
     lengths = np.array([[b.length for b in p.branches] for p in profile.problems])
     L = int(lengths.max())
     correct = np.zeros((P, K), dtype=bool)
-    weights = {rule: np.ones((P, n, L)) for rule in VOTE_RULES}
+    weights = {rule: np.ones((P, n, L), dtype=np.float32) for rule in VOTE_RULES[1:]}
+    weights[VOTE_RULES[0]] = np.broadcast_to(np.float32(1.0), (P, n, L))  # majority: 1 everywhere, no memory
+    starts = store.starts
     for pi, prob in enumerate(profile.problems):
         correct[pi, :len(prob.correct)] = prob.correct
-        if prob.id not in raw:
-            raise TTSPlanError(f"{samples_path}: problem {prob.id} of the profile is not in the samples")
-        for bi, branch in enumerate(raw[prob.id]["branches"]):
-            m = len(branch["tokens"])
+        if prob.id not in where:
+            raise TTSPlanError(f"{folder}: problem {prob.id} of the profile is not in the samples")
+        si = where[prob.id]
+        for bi in range(n):
+            m, s0 = int(store.lengths[si, bi]), int(starts[si, bi])
             for rule in VOTE_RULES[1:]:
-                w = weights_by_length(branch["logprobs"], branch["confidences"], rule)
+                w = weights_by_length(store.logprobs[s0:s0 + m], store.confidences[s0:s0 + m], rule)
                 weights[rule][pi, bi, :m] = w
                 weights[rule][pi, bi, m:] = w[-1] if m else 0.0
     return TaskArrays(lengths, np.array([[b.answer for b in p.branches] for p in profile.problems]),
