@@ -3,16 +3,21 @@
   gsm8k, math500          the held-out test sets (GSM8K test, MATH-500)
   gsm8k-train, math-train the calibration sets (GSM8K train, the MATH training set; a MATH
                           training problem's gold answer is the last \\boxed{} of its solution)
-A problem without a gold answer is left out (4 of the 7500 MATH training problems: two write
+The train splits are served in a fixed random order (TRAIN_ORDER_SEED; the MATH file is sorted by
+subject), so that any slice of them (--offset, --limit) is a sample of the whole; a problem's index
+and id stay its position in the file.  A problem without a gold answer is left out (4 of the 7500 MATH training problems: two write
 `\\boxed 2` without braces, two end in an empty `\\boxed{}`); indices stay positions in the file.
 """
 import json
 from dataclasses import dataclass
 
+import numpy as np
+
 from ttsplan.answers import stated_answers
 from ttsplan.assets import DATASETS, dataset_file
 from ttsplan.errors import TTSPlanError
 
+TRAIN_ORDER_SEED = 0
 INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
 
 
@@ -57,12 +62,15 @@ def problem(dataset: str, index: int, row: dict) -> Problem:
 
 
 def load_problems(dataset: str, limit: int | None = None, offset: int = 0) -> list[Problem]:
-    """The dataset's problems offset..offset + limit - 1 (all from offset when limit is None)."""
+    """The dataset's problems offset..offset + limit - 1 in its order (all from offset when limit is None)."""
     answer_kind(dataset)
     if limit is not None and limit < 1:
         raise TTSPlanError(f"--limit must be at least 1, got {limit}")
     if offset < 0:
         raise TTSPlanError(f"--offset must be at least 0, got {offset}")
     rows = [json.loads(line) for line in dataset_file(dataset).read_text().splitlines() if line.strip()]
-    rows = rows[offset:None if limit is None else offset + limit]
-    return [p for p in (problem(dataset, offset + i, r) for i, r in enumerate(rows)) if p.gold]
+    order = np.arange(len(rows))
+    if dataset.endswith("-train"):
+        order = np.random.default_rng(TRAIN_ORDER_SEED).permutation(len(rows))
+    order = order[offset:None if limit is None else offset + limit]
+    return [p for p in (problem(dataset, int(i), rows[i]) for i in order) if p.gold]

@@ -96,8 +96,8 @@ def sampled_on_line(on: dict) -> str:
 def task_tables(profile, accuracy, task) -> list[Table]:
     cap = task.max_new_tokens
     sizes = [n for n in (1, 2, 4, 8, 16, 32, 64) if n <= profile.n_max]
-    acc = _table(f"accuracy (95% interval) on {profile.dataset} problems {profile.offset}.."
-                 f"{profile.offset + profile.limit - 1}: {profile.model.name}, T={profile.sampling['temperature']}",
+    acc = _table(f"accuracy (95% interval) on {profile.limit} {profile.dataset} problems: {profile.model.name}, "
+                 f"T={profile.sampling['temperature']}",
                  ["vote rule"] + [f"N={n}" for n in sizes],
                  caption=f"{profile.limit} problems x {profile.n_max} sampled branches; subsampled, not extrapolated"
                          + sampled_on_line(profile.sampled_on))

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ttsplan.engine.generate import Branch, check_request, decoder
+from ttsplan.engine.generate import Branch, check_request, decoder, step_bytes
 from ttsplan.engine.kv_cache import KVCache
 from ttsplan.engine.model import Transformer
 from ttsplan.engine.sampling import SamplingParams, sample
@@ -58,6 +58,7 @@ class ManyStats:
     row_steps: int = 0   # rows decoded over all steps (live or not)
     live_steps: int = 0  # rows that held a live branch
     new_tokens: int = 0
+    bytes_read: int = 0  # weights + the live rows' KV read by decode steps (the memory-traffic floor)
 
     @property
     def occupancy(self) -> float:
@@ -85,6 +86,7 @@ class ManyPrompts:
         self.live = torch.zeros(rows, dtype=torch.long, device=dev)
         self.step = decoder(model, self.cache, rows, params, cuda_graphs)
         self.stats = ManyStats()
+        self.context = 0  # KV tokens the live rows hold, on the host
 
     def free_rows(self) -> list[int]:
         return [r for r, o in enumerate(self.owner) if o is None]
@@ -103,6 +105,7 @@ class ManyPrompts:
         self.tokens[idx], self.keys[idx], self.counters[idx], self.live[idx] = first, keys, 1, 1
         self.branches[j] = [Branch() for _ in range(n)]
         self.unfinished[j] = n
+        self.context += n * len(prompt)
         for b, (r, t, lp, c) in enumerate(zip(rows, first.tolist(), logprobs.tolist(), confs.tolist())):
             self.owner[r] = Row(j, b)
             self.emit(r, t, lp, c)
@@ -130,16 +133,19 @@ class ManyPrompts:
         if branch.finish:
             self.owner[r] = None
             self.unfinished[row.prompt] -= 1
+            self.context -= len(self.prompts[row.prompt]) + len(branch.tokens) - 1  # its KV: all but the last token
 
     def decode_step(self) -> list[int]:
         """One step over every row; returns the prompts whose last branch finished in it."""
         rows = len(self.owner)
         before = [o.prompt if o else None for o in self.owner]
+        live = [r for r, o in enumerate(self.owner) if o is not None]
+        self.context += len(live)  # each live row's fed token joins its KV
+        self.stats.bytes_read += step_bytes(self.model.cfg, 0, self.context, self.model.dtype)
         tokens, logprobs, confs = self.step(self.tokens.view(rows, 1), counter_uniforms(self.keys, self.counters))
         self.cache.lens += self.live
         self.counters += self.live
         self.tokens = tokens.clone()
-        live = [r for r, o in enumerate(self.owner) if o is not None]
         for r, t, lp, c in zip(live, *(x[live].tolist() for x in (tokens, logprobs, confs))):
             self.emit(r, t, lp, c)
         freed = [r for r in live if self.owner[r] is None]
