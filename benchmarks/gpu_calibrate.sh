@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # Calibration on the GPU machine with the real models, across device calls (each call within 30 s of
 # the last, or the machine and its /tmp are gone):
-#   bash benchmarks/gpu_calibrate.sh piece PATH...  move carried pieces (GGUF pieces, pieces/wheels) to /tmp
+#   bash benchmarks/gpu_calibrate.sh piece PATH...  move carried pieces (GGUF pieces, pieces/wheels, and
+#                                                   pieces/data: the datasets' .jsonl from $TTSPLAN_HOME/data) to /tmp
 #   bash benchmarks/gpu_calibrate.sh start          the job below, in the background
 #   bash benchmarks/gpu_calibrate.sh fetch S        wait up to S s for new files, copy up to 7 to $OUT (+ the log)
 # The job: join and install the 1.5b (ttsplan models pull checks its sha256 and converts it), time
 # sampling one problem at a time against the refilled batch, install the 0.5b once its pieces are all
 # here, then sample the task profiles (--samples-only: graded on the CPU, where math-verify is).
-# The GGUF pieces are `split -b 58000000` of the assembled files, named q15.NN and q05.NN.
+# The GGUF pieces are `split -b 58000000` of the assembled files, named q15.NN and q05.NN.  The job runs
+# from a copy of the repository: each device call re-syncs the working tree, and a job started from it
+# saw a module missing mid-sync (2026-12-02).
 set -u
 C=/tmp/cal
 export TTSPLAN_HOME=$C/home PYTHONPATH=.:$C/pylib HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 COLUMNS=160
@@ -28,11 +31,13 @@ case "$1" in
 piece)
     shift; mkdir -p $C/pieces; for f in "$@"; do mv "$f" $C/pieces/; done; ls $C/pieces | wc -l ;;
 start)
-    mkdir -p $C/prof $C/out
-    setsid nohup bash "$0" run >$C/log 2>&1 < /dev/null &
+    mkdir -p $C/prof $C/out $C/home/data
+    rm -rf $C/src && cp -r . $C/src
+    cd $C/src && setsid nohup bash benchmarks/gpu_calibrate.sh run >$C/log 2>&1 < /dev/null &
     ;;
 run)
     nvidia-smi --query-gpu=name,memory.total --format=csv
+    cp $C/pieces/data/*.jsonl $C/home/data/  # no package index here: dataset_file finds them in place
     python3 -m pip install --no-index --no-deps --target $C/pylib -q $C/pieces/wheels/*.whl
     echo "=== pull 1.5b $(date +%T)"; join q15 qwen2.5-coder-1.5b $GGUF15
     echo "=== bench $(date +%T)"
