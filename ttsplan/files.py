@@ -1,7 +1,5 @@
 """Atomic writes: a file appears complete or not at all, so an interrupted job leaves nothing half-written."""
-import gzip
 import hashlib
-import json
 import os
 from pathlib import Path
 
@@ -19,16 +17,6 @@ def write_atomic(path: Path, data: bytes) -> None:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-
-
-def write_json_gz(path: Path, obj) -> None:
-    # mtime=0: the same content gives the same bytes, so a rewrite that changes nothing shows no diff.
-    write_atomic(path, gzip.compress(json.dumps(obj, separators=(",", ":")).encode(), mtime=0))
-
-
-def read_json_gz(path: Path):
-    with gzip.open(path, "rt") as f:
-        return json.load(f)
 
 
 def sha256_file(path: Path) -> str:
