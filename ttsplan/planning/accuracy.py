@@ -43,17 +43,29 @@ def vote_credit(scores: np.ndarray, correct: np.ndarray) -> np.ndarray:
     return (tied & correct).sum(-1) / np.maximum(tied.sum(-1), 1)
 
 
+CHUNK = 32  # problems scored together: with similar class counts, so that few padded classes are scored
+
+
 def per_problem_accuracy(classes: np.ndarray, weights: np.ndarray, correct: np.ndarray,
                          sizes: list[int], max_subsets: int = MAX_SUBSETS) -> np.ndarray:
-    """[len(sizes), P]: each problem's expected accuracy with N branches, for each N in sizes."""
+    """[len(sizes), P]: each problem's expected accuracy with N branches, for each N in sizes.
+    Problems are scored in chunks of similar class counts (a few problems with dozens of answer
+    classes would otherwise size every problem's score array)."""
     P, n = classes.shape
-    K = correct.shape[1]
-    onehot = (classes[:, :, None] == np.arange(K)) * weights[:, :, None]      # [P, n, K]
-    flat = onehot.transpose(1, 0, 2).reshape(n, P * K)
     z = [subset_matrix(n, size, max_subsets) for size in sizes]
     starts = np.cumsum([0] + [len(x) for x in z[:-1]])
-    credit = vote_credit((np.concatenate(z) @ flat).reshape(-1, P, K), correct)      # [all subsets, P]
-    return np.add.reduceat(credit, starts, axis=0) / np.array([len(x) for x in z])[:, None]
+    counts = np.array([len(x) for x in z])[:, None]
+    z = np.concatenate(z)
+    voted = classes.max(1) + 1  # classes a problem's votes can reach
+    out = np.zeros((len(sizes), P))
+    order = np.argsort(voted, kind="stable")
+    for chunk in np.array_split(order, max(1, -(-P // CHUNK))):
+        K = max(1, int(voted[chunk].max()))
+        onehot = (classes[chunk, :, None] == np.arange(K)) * weights[chunk, :, None]      # [c, n, K]
+        flat = onehot.transpose(1, 0, 2).reshape(n, len(chunk) * K)
+        credit = vote_credit((z @ flat).reshape(-1, len(chunk), K), correct[chunk, :K])   # [all subsets, c]
+        out[:, chunk] = np.add.reduceat(credit, starts, axis=0) / counts
+    return out
 
 
 @dataclass
