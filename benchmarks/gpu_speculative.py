@@ -41,7 +41,7 @@ PARAMS = SamplingParams(temperature=0.7, top_p=0.95, max_new_tokens=NEW, ignore_
 
 
 def cpu_pair_acceptance() -> tuple[float, ...]:
-    task = load_task_profile(PROFILES / "tasks" / "qwen2.5-coder-1.5b-gsm8k" / "task.yaml")
+    task = load_task_profile(PROFILES / "tasks" / "qwen2.5-coder-1.5b-gsm8k-cpu-2t" / "task.yaml")
     return tuple(next(a.per_position for a in task.acceptance if a.temperature == PARAMS.temperature))
 
 

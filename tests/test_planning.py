@@ -354,7 +354,7 @@ def test_a_vllm_deployment_is_planned_without_early_stop():
     from pathlib import Path
     from ttsplan.planning.optimize import optimize
     profiles = Path(__file__).resolve().parent.parent / "profiles"
-    task = profiles / "tasks" / "qwen2.5-coder-1.5b-gsm8k" / "task.yaml"
+    task = profiles / "tasks" / "qwen2.5-coder-1.5b-gsm8k-cpu-2t" / "task.yaml"
     vllm = optimize(profiles / "device" / "cpu-2t-vllm-qwen2.5-coder-1.5b.yaml", task, budget_s=60)
     relay = optimize(profiles / "device" / "cpu-2t-relay-qwen2.5-coder-1.5b.yaml", task, budget_s=60)
     assert not any(c.early_stop for c in vllm.result.candidates) and vllm.plan.device["backend"] == "vllm"

@@ -20,7 +20,7 @@ from ttsplan.runner import encode, load_engine, solve, solve_vllm
 QUESTION = "Tom has 3 apples and buys 4 more. How many apples does he have?"
 PROFILES = Path(__file__).resolve().parent.parent / "profiles"
 PAIR_DEVICE = PROFILES / "device" / "cpu-2t-relay-qwen2.5-coder-1.5b.yaml"
-PAIR_TASK = PROFILES / "tasks" / "qwen2.5-coder-1.5b-gsm8k" / "task.yaml"
+PAIR_TASK = PROFILES / "tasks" / "qwen2.5-coder-1.5b-gsm8k-cpu-2t" / "task.yaml"
 
 
 def ttsplan(*args, env=None):
