@@ -14,11 +14,13 @@ whichever comes first; a part stays a few MB): an interrupted run loses at most 
 Branch i of problem p draws its tokens from uniforms fixed by (seed + p's index, i, position)
 (engine.many_prompts), so a resumed run draws what an uninterrupted one would have.
 """
+import hashlib
 import io
 import json
 import os
 import time
 from dataclasses import asdict, dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -45,8 +47,9 @@ class SampleStore:
     logprobs: np.ndarray      # [T] float16
     confidences: np.ndarray   # [T] float16
 
-    @property
+    @cached_property
     def starts(self) -> np.ndarray:
+        """[P, n] where each branch begins in tokens (computed once: grading reads it per branch)."""
         return (np.cumsum(self.lengths.ravel()) - self.lengths.ravel()).reshape(self.lengths.shape)
 
     def branch(self, p: int, i: int, what: str = "tokens") -> np.ndarray:
@@ -86,7 +89,6 @@ def part_files(folder: Path) -> list[Path]:
 
 def store_sha256(folder: Path) -> str:
     """One checksum over meta.json and every part, in name order: what a task profile records."""
-    import hashlib
     h = hashlib.sha256()
     for f in [meta_path(folder), *part_files(folder)]:
         h.update(f.name.encode() + sha256_file(f).encode())
@@ -161,7 +163,7 @@ def collect_samples(model, encode, problems, n_max: int, params, folder: Path, f
             on_problem(p, skipped=True)
     prompts = [encode(p.question) for p in todo]
     seeds = [params.seed + p.index for p in todo]
-    done, last_write, stats = [], time.monotonic(), None
+    done, tokens, last_write, stats = [], 0, time.monotonic(), None
     for item in generate_many(model, prompts, seeds, n_max, max(rows, n_max), params, eos_ids, cuda_graphs):
         if not isinstance(item, tuple):
             stats = item
@@ -170,10 +172,10 @@ def collect_samples(model, encode, problems, n_max: int, params, folder: Path, f
         done.append((todo[j], seeds[j], len(prompts[j]), branches))
         if on_problem:
             on_problem(todo[j], skipped=False)
-        tokens = sum(len(b.tokens) for *_, bs in done for b in bs)
+        tokens += sum(len(b.tokens) for b in branches)
         if time.monotonic() - last_write >= PART_SECONDS or tokens > PART_TOKENS:
             write_part(folder, done)
-            done, last_write = [], time.monotonic()
+            done, tokens, last_write = [], 0, time.monotonic()
     if done:
         write_part(folder, done)
     return load_store(folder), stats
