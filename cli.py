@@ -226,7 +226,7 @@ def optimize(
     import time
     from ttsplan.planning.optimize import optimize as run_optimize
     from ttsplan.planning.search import with_binds
-    from ttsplan.report import frontier_chart, plan_row, plans_table, plot_frontier
+    from ttsplan.report import frontier_chart, plan_row, plans_table, plot_frontier, selection_row, selections_table
     if emit not in (None, "vllm"):
         raise TTSPlanError(f"--emit knows vllm, not {emit!r}")
     t0 = time.perf_counter()
@@ -241,16 +241,20 @@ def optimize(
     rows = [("", plan_row(c, res, with_binds(opt.replay, c, acc).binds)) for c in best]
     console.print(plans_table(f"best plans, {goal}: {opt.task.model.name} on {opt.device.device['name']} "
                               f"({len(res.candidates)} plans scored in {elapsed:.2f} s)", rows))
-    base = [("chosen", plan_row(chosen, res, chosen.binds))]
-    base += [(name, plan_row(c, res, with_binds(opt.replay, c, acc).binds)) for name, c in opt.baselines.items()
-             if c is not None]
-    console.print(plans_table("the chosen plan beside the plans the seed paper argues against", base))
+    base = [("chosen", selection_row(opt.selection, chosen.binds))]
+    base += [(name, selection_row(sel, with_binds(opt.replay, sel.chosen, acc).binds))
+             for name, sel in opt.baselines.items() if sel is not None]
+    console.print(selections_table("the chosen plan beside the plans the seed paper argues against", base,
+                                   opt.selection.problems))
+    for line in opt.edges:
+        console.print(f"[yellow]edge:[/] {line}")
     missing = [name for name, c in opt.baselines.items() if c is None]
     if missing:
         console.print(f"no plan of kind {', '.join(missing)} fits ({'no profiled draft' if acc is None else goal})")
     console.print(frontier_chart(res.frontier(), stat, chosen), highlight=False)
     if plot:
-        plot_frontier(res, chosen, opt.baselines, plot, f"{opt.task.model.name} on {opt.device.device['name']}")
+        plot_frontier(res, chosen, {n: s and s.chosen for n, s in opt.baselines.items()}, plot,
+                      f"{opt.task.model.name} on {opt.device.device['name']}")
         console.print(f"frontier plot: {plot}")
     console.print(opt.margin)
     opt.plan.save(out)

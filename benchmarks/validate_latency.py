@@ -156,7 +156,7 @@ def budget(args):
     data = {"device": torch.cuda.get_device_name() if gpu else "cpu", "date": today(), "profile": str(args.device_profile),
             "task": str(args.task_profile), "validation": device.validation, "budgets": []}
     for b in args.budgets:
-        c = choose(result, b)
+        c = choose(result, b).chosen
         unwidened = Replay(replace(costs, error_log_mean=0.0, error_log_sd=0.0), replay.task, on_gpu=True).simulate(
             c.branches, c.cap, Decoding(c.draft_len, tuple(acc.per_position)) if c.draft_len else Decoding())[None]
         plan = Plan(model=device.model.name, branches=c.branches, max_new_tokens=c.cap,

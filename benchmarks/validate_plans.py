@@ -139,7 +139,6 @@ def cpu_accuracy(args):
 
 def headline(args):
     from ttsplan.planning.optimize import optimize
-    from ttsplan.planning.search import describe
     cases = [("cpu", Path(f"profiles/device/cpu-2t-relay-{m}.yaml"), Path(f"profiles/tasks/{m}-gsm8k-cpu-2t/task.yaml"),
               (10, 30, 60, 120)) for m in ("qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b")]
     cases += [("h100", Path(f"profiles/device/h100-relay-{s}.yaml"), Path(f"profiles/tasks/{m}-gsm8k-cpu-2t/task.yaml"),
@@ -162,9 +161,9 @@ def headline(args):
                 table.add_row(device, task_path.parent.name, f"{budget:g}", f"none fits; fastest {fastest}",
                               "", "", "", "")
                 continue
-            cell = lambda c: f"{c.accuracy:.1%} ({describe(c)}, {c.p90_s:.2f} s)" if c else "-"
+            cell = lambda s: f"{s.accuracy:.1%} ({s.chosen.describe()}, {s.chosen.p90_s:.2f} s)" if s else "-"
             b = opt.baselines
-            table.add_row(device, task_path.parent.name, f"{budget:g}", cell(opt.chosen),
+            table.add_row(device, task_path.parent.name, f"{budget:g}", cell(opt.selection),
                           cell(b["compute-optimal"]), cell(b["branches only"]), cell(b["speculation only"]),
                           cell(b["greedy allocation"]))
     emit(table, "headline", f"Latency-optimal plans against the seed paper's baselines, {today()}")

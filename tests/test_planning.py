@@ -291,12 +291,12 @@ def test_subsampling_estimator_matches_enumeration(weighted):
     correct = np.array([[True, False, False], [False, True, False]])
     weights = rng.uniform(0.2, 1.0, classes.shape) if weighted else np.ones(classes.shape)
     sizes = list(range(1, 7))
-    exact = per_problem_accuracy(classes, weights, correct, sizes, max_subsets=10**6)
+    exact = per_problem_accuracy(classes, weights, correct, sizes, exact=10**6)
     for s, N in enumerate(sizes):
         for p in range(2):
             assert exact[s, p] == pytest.approx(enumerated_accuracy(classes[p], weights[p], correct[p], N), abs=1e-12)
     # Drawn subsets (fewer than all of them) are unbiased: close to the enumeration.
-    drawn = per_problem_accuracy(classes, weights, correct, sizes, max_subsets=12)
+    drawn = per_problem_accuracy(classes, weights, correct, sizes, exact=0, drawn=12)
     assert np.abs(drawn - exact).max() < 0.2
 
 
@@ -321,11 +321,11 @@ def test_search_returns_the_known_optimum_and_respects_the_budget():
     assert {(c.branches, round(c.accuracy, 9)) for c in result.candidates if c.vote == "majority"} >= \
         {(1, 0.6), (2, 0.6), (3, 0.8), (4, 1.0), (5, 1.0)}
     for budget, want_n, want_acc in ((0.045, 3, 0.8), (0.055, 4, 1.0), (0.025, 1, 0.6)):
-        best = choose(result, budget)
+        best = choose(result, budget).chosen
         assert (best.branches, best.accuracy) == (want_n, pytest.approx(want_acc))
         assert best.p90_s <= budget
         assert all(c.accuracy <= best.accuracy + 1e-12 for c in result.candidates if c.p90_s <= budget)
-    assert choose(result, target_accuracy=0.99).branches == 4
+    assert choose(result, target_accuracy=0.99).chosen.branches == 4
     with pytest.raises(TTSPlanError, match=r"no plan fits a budget of 0.01 s .* fastest plan \(N=1.*takes 0.02 s"):
         choose(result, 0.01)
 
@@ -339,13 +339,14 @@ def test_exhaustive_search_beats_the_greedy_allocation():
     replay = Replay(c, t, on_gpu=False, draws=8)
     result = search(replay, [0.9] * 4, draft_lengths=(1, 2, 4))
     budget = 0.565  # plain: 40 * (10 + N) ms -> N = 4 fits (560 ms)
-    best = choose(result, budget)
+    sel = choose(result, budget)
+    best = sel.chosen
     seed_paper = greedy(result, budget)
     assert seed_paper.draft_len > 0 and seed_paper.branches <= 2
     assert best.draft_len == 0 and best.branches == 4 and best.accuracy > seed_paper.accuracy
-    named = baselines(result, best, budget)
-    assert named["greedy allocation"] == seed_paper and named["speculation only"].branches == 1
-    assert named["compute-optimal"].accuracy >= best.accuracy
+    named = baselines(result, sel, budget)
+    assert named["greedy allocation"].chosen == seed_paper and named["speculation only"].chosen.branches == 1
+    assert named["compute-optimal"].accuracy >= sel.accuracy
 
 
 def test_a_vllm_deployment_is_planned_without_early_stop():

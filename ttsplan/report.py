@@ -129,10 +129,26 @@ def task_tables(profile, accuracy, task) -> list[Table]:
 # --- plans ---------------------------------------------------------------------------------------
 
 def plan_row(c, result, binds: str = "") -> list[str]:
-    from ttsplan.planning.search import describe
     low, high = result.interval(c)
-    return [describe(c), f"{c.accuracy:.1%} ({low:.0%}-{high:.0%})", f"{c.mean_s:.2f}", f"{c.p90_s:.2f}",
+    return [c.describe(), f"{c.accuracy:.1%} ({low:.0%}-{high:.0%})", f"{c.mean_s:.2f}", f"{c.p90_s:.2f}",
             f"{c.tokens:.0f}", binds]
+
+
+def selection_row(sel, binds: str = "") -> list[str]:
+    """A chosen plan: its accuracy corrected for the choosing, then as estimated before the correction."""
+    c = sel.chosen
+    return [c.describe(), f"{sel.accuracy:.1%} ({sel.low:.0%}-{sel.high:.0%})",
+            f"{sel.naive:.1%} ({sel.optimism:+.1%})", f"{c.mean_s:.2f}", f"{c.p90_s:.2f}", f"{c.tokens:.0f}", binds]
+
+
+def selections_table(title: str, rows, problems: int) -> Table:
+    table = _table(title, ["plan", "accuracy, corrected (95% CI)", "as estimated (optimism)", "mean s", "p90 s",
+                           "tokens", "what binds"],
+                   caption=f"each plan's accuracy on the {problems} calibration problems less the optimism of "
+                           "choosing it (a bootstrap of the whole selection)")
+    for name, cells in rows:
+        table.add_row(f"{name}: {cells[0]}", *cells[1:])
+    return table
 
 
 PLAN_COLUMNS = ["plan", "accuracy (95% CI)", "mean s", "p90 s", "tokens", "what binds"]

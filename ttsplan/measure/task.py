@@ -7,6 +7,10 @@ gold answer once.  The planner can then tell, for any length cap C, what a branc
 answer if it is no longer than C, else the last answer it stated within its first C tokens, else
 nothing.
 """
+import multiprocessing
+import os
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import nullcontext
 from pathlib import Path
 
 from ttsplan.answers import extract_answer, group_answers, parse_answer, same_answer, stated_answers
@@ -17,6 +21,9 @@ from ttsplan.measure.profiles import Acceptance, BranchSample, ModelInfo, Proble
     software_versions, today
 from ttsplan.measure.samples import SampleStore, store_sha256
 from ttsplan.voting import vote
+
+GRADE_WORKERS = 8
+_GRADING = None  # (store, tokenizer, task) of the grading in progress: what forked graders inherit
 
 
 def token_ends(tokenizer, tokens: list[int], text: str) -> list[int]:
@@ -69,15 +76,28 @@ def grade_problem(store: SampleStore, p: int, tokenizer, task: str) -> ProblemSa
                           [same_answer(rep, gold, task) for rep in representatives], samples)
 
 
+def _grade_at(p: int) -> ProblemSamples:
+    store, tokenizer, task = _GRADING
+    return grade_problem(store, p, tokenizer, task)
+
+
 def build_task_profile(store: SampleStore, folder: Path, tokenizer, acceptance: list[Acceptance],
                        on_problem=None) -> TaskProfile:
     """The store in `folder` graded into a task profile (with the draft acceptance measured beside it)."""
+    global _GRADING
+    _GRADING = (store, tokenizer, answer_kind(store.meta["dataset"]))
     problems = []
-    task = answer_kind(store.meta["dataset"])
-    for p in range(len(store.problems)):
-        problems.append(grade_problem(store, p, tokenizer, task))
-        if on_problem:
-            on_problem(store.problems[p]["id"])
+    workers = min(os.cpu_count() or 1, GRADE_WORKERS, len(store.problems))
+    # math-verify is pure Python, and a few problems take seconds each: grade in forked processes
+    # (they inherit the store and the tokenizer; only indices and graded problems travel), in order
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) if workers > 1 else \
+            nullcontext() as pool:
+        indices = range(len(store.problems))
+        for p, samples in enumerate(pool.map(_grade_at, indices, chunksize=2) if pool else map(_grade_at, indices)):
+            problems.append(samples)
+            if on_problem:
+                on_problem(store.problems[p]["id"])
+    _GRADING = None
     meta = store.meta
     return TaskProfile(ModelInfo(**meta["model"]), meta["dataset"], min((p["index"] for p in store.problems), default=0),
                        len(problems), meta["sampling"], meta["n_max"], store_sha256(folder), problems, acceptance,

@@ -31,26 +31,28 @@ def finished_at_decision(task, draws: np.ndarray, p_idx: np.ndarray, N: int, cap
     weights = task.weights_at(rule, cap)[p_idx[:, None], branch]
     K = task.correct.shape[1]
     tally = np.zeros((D, K + 1))  # a last column collects branches without an answer (weight ignored)
+    lead = np.full(D, -1)         # the leading class, its weight and the runner-up's, kept as weights
+    top, second = np.zeros(D), np.zeros(D)  # only grow (no weight is negative)
     result = np.full(D, N)
-    undecided = np.ones(D, dtype=bool)
-    rows = np.arange(D)
+    active = np.arange(D)         # draws not yet decided: the loop works on these alone
     for m in range(N - 1):  # after the last finish nothing is pending: decided by definition
-        cls = classes[:, m]
-        tally[rows, np.where(cls >= 0, cls, K)] += np.where(cls >= 0, weights[:, m], 0.0)
+        cls = classes[active, m]
+        col = np.where(cls >= 0, cls, K)
+        tally[active, col] += np.where(cls >= 0, weights[active, m], 0.0)
+        v = np.where(cls >= 0, tally[active, col], 0.0)
+        is_lead = col == lead[active]
+        overtakes = ~is_lead & (v > top[active])
+        second[active] = np.where(overtakes, top[active], np.where(~is_lead & (v > second[active]), v, second[active]))
+        top[active] = np.where(is_lead | overtakes, v, top[active])
+        lead[active] = np.where(overtakes, col, lead[active])
         if rule in ("majority", "mean-logprob"):
             pending = float(N - m - 1)  # every unfinished branch can add at most 1
         else:
-            pending = bounds_at(task, rule, p_idx[:, None], branch[:, m + 1:],
-                                np.broadcast_to(ends[:, m:m + 1], (D, N - m - 1))).sum(1)
-        votes = tally[:, :K]
-        lead = votes.argmax(1)
-        top = votes[rows, lead]
-        votes[rows, lead] = -np.inf
-        second = np.maximum(votes.max(1), 0.0)
-        votes[rows, lead] = top
-        now = undecided & (top > 0) & (top > second + pending)
-        result[now] = m + 1
-        undecided &= ~now
-        if not undecided.any():
+            pending = bounds_at(task, rule, p_idx[active][:, None], branch[active, m + 1:],
+                                np.broadcast_to(ends[active, m:m + 1], (len(active), N - m - 1))).sum(1)
+        now = (top[active] > 0) & (top[active] > second[active] + pending)
+        result[active[now]] = m + 1
+        active = active[~now]
+        if not len(active):
             break
     return result

@@ -16,13 +16,16 @@ when early stop decides the vote.  What the engine does, the replay prices:
                  from the acceptance, so the request waits for the branch with the most rounds.
 
 Draws: for every calibration problem (with its own prompt length), DRAWS random subsets of N of its
-N_max branches, each with its own random acceptance.  The cost of s steps at a live batch of j is
-tabulated once per problem, plan width and decoding, so a plan's thousand draws cost a few gathers.
+N_max branches (fewer per problem on large profiles: DRAWS_TOTAL in all), each with its own random
+acceptance.  A step's cost is linear in the tokens a branch holds, so the cost of its first s steps
+at a live batch of j is closed-form per problem, plan width and decoding (`StepSums`): a plan's
+thousands of draws cost a few gathers.
 The p90 a budget is held to is predictive: each draw's seconds times a draw of the model's own error
 (log-normal, with the mean and spread that validation on plans off the grid measured for this device
 profile), so that a plan promised within the budget at p90 runs within it at p90.
 """
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 import numpy as np
 from scipy.special import comb
@@ -32,7 +35,9 @@ from ttsplan.planning.cost_model import BatchTable, CompactionModel, PrefillMode
 from ttsplan.planning.early_stop import finished_at_decision
 from ttsplan.planning.task_arrays import TaskArrays
 
-DRAWS = 24
+DRAWS = 24          # per calibration problem ...
+DRAWS_TOTAL = 6000  # ... up to this many in all (at least 4 per problem)
+ROUND_POOL = 2048  # random round sequences per decoding, shared out among the draws' branches
 SHRINK = 4  # cuda_graphs.SHRINK: a round's batch gets a smaller graph once it falls to 1/SHRINK of its graph's
 
 
@@ -141,6 +146,13 @@ def rounds_needed(rng: np.random.Generator, rates: np.ndarray, shape: tuple, lon
     return out
 
 
+@lru_cache(maxsize=None)
+def comb_table(N: int) -> np.ndarray:
+    """[N + 1, N + 1] binomial coefficients C(n, k) (0 above the diagonal)."""
+    n = np.arange(N + 1)
+    return comb(n[:, None], n[None, :])
+
+
 def finish_events(steps: np.ndarray, stop: np.ndarray) -> np.ndarray:
     """[D, N] for sorted step counts: True at the last branch of each group that finishes at one step,
     before the request stops, with branches still running after it (N - 1 - i of them)."""
@@ -149,17 +161,43 @@ def finish_events(steps: np.ndarray, stop: np.ndarray) -> np.ndarray:
     return last_of_group & (np.arange(N)[None, :] < N - 1) & (steps < stop[:, None])
 
 
+@dataclass
+class StepSums:
+    """Seconds of the first s steps at each live batch j (column j - 1), per problem: step u costs
+    a + b (u - 1) ms, and a round also max(c + d (u - 1), 0) more (its drafts and own overhead, which
+    may be negative early on a CPU but never make a round cheaper than its verification)."""
+    a: np.ndarray               # [P, N]
+    b: np.ndarray
+    c: np.ndarray | None = None
+    d: np.ndarray | None = None
+
+    def seconds(self, p: np.ndarray, s: np.ndarray) -> np.ndarray:
+        """p [D, 1] problems, s [D, N] step counts -> [D, N] seconds."""
+        cols = np.arange(s.shape[1])[None, :]
+        a, b = self.a[p, cols], self.b[p, cols]
+        ms = s * a + b * s * (s - 1) / 2
+        if self.c is not None:
+            c, d = self.c[p, cols], self.d[p, cols]
+            with np.errstate(divide="ignore", invalid="ignore"):
+                negative = np.where(d > 0, np.maximum(np.ceil(-c / d), 0), np.where(c < 0, np.inf, 0))
+            m = np.minimum(s, negative)  # the first m steps' extra is negative: held at 0
+            ms = ms + (s * c + d * s * (s - 1) / 2) - (m * c + d * m * (m - 1) / 2)
+        return ms / 1e3
+
+
 class Replay:
     """Latency of plans on one task profile and one device profile."""
 
-    def __init__(self, costs: DeviceCosts, task: TaskArrays, on_gpu: bool, draws: int = DRAWS, seed: int = 0):
+    def __init__(self, costs: DeviceCosts, task: TaskArrays, on_gpu: bool, draws: int | None = None, seed: int = 0):
         self.costs, self.task, self.on_gpu = costs, task, on_gpu
+        draws = draws or max(4, min(DRAWS, -(-DRAWS_TOTAL // task.problems)))
         self.rng = np.random.default_rng(seed)
         P, n = task.problems, task.n_max
         self.p_idx = np.repeat(np.arange(P), draws)
         self.perms = np.stack([self.rng.permutation(n) for _ in range(P * draws)])
         self.error = np.exp(costs.error_log_mean + costs.error_log_sd * self.rng.standard_normal(P * draws))
-        self.tables: dict[tuple, np.ndarray] = {}
+        self.sums: dict[tuple, StepSums] = {}
+        self.pool_offset = self.rng.integers(0, ROUND_POOL, P * draws)
         self.decisions: dict[tuple, np.ndarray] = {}
         self.rounds: dict[Decoding, np.ndarray] = {}
         prompt = task.prompt_tokens[self.p_idx]
@@ -174,38 +212,40 @@ class Replay:
         return self.decisions[key]
 
     def step_counts(self, lengths: np.ndarray, dec: Decoding) -> np.ndarray:
-        """[D, N] decode steps (rounds) of each drawn branch of these lengths; a round's draws are the
-        branch's own (per draw and branch slot), shared by every plan of this decoding."""
+        """[D, N] decode steps (rounds) of each drawn branch of these lengths.  A branch's rounds are
+        one of ROUND_POOL random round sequences, the N branches of a draw taking N different ones
+        (consecutive from a random offset): every branch's count has the exact distribution, and a
+        request's branches are independent, at a memory that does not grow with the draws."""
         if dec.k == 0:
             return lengths - 1
         if dec not in self.rounds:
-            self.rounds[dec] = rounds_needed(self.rng, dec.rates, self.perms.shape, self.task.max_new_tokens)
-        slots = self.perms[:, :lengths.shape[1]]
-        return self.rounds[dec][np.arange(len(lengths))[:, None], slots, lengths - 1]
+            self.rounds[dec] = rounds_needed(self.rng, dec.rates, (ROUND_POOL,), self.task.max_new_tokens)
+        seq = (self.pool_offset[:, None] + np.arange(lengths.shape[1])[None, :]) % ROUND_POOL
+        return self.rounds[dec][seq, lengths - 1]
 
-    def step_table(self, dec: Decoding, N: int, longest: int) -> np.ndarray:
-        """[P, N + 1, S + 1]: seconds of the first s steps (rounds) at a live batch of j branches, for
-        plans of N branches (the graph a step replays depends on N)."""
+    def step_sums(self, dec: Decoding, N: int) -> "StepSums":
+        """The cost of the first s steps (rounds) at each live batch j of a plan of N branches, for every
+        problem: a step's cost is linear in the tokens a branch holds, so its sum over steps is closed
+        (the graph a step replays depends on N)."""
         key = (dec, N)
-        if key in self.tables and self.tables[key].shape[2] > longest:
-            return self.tables[key]
-        c, task = self.costs, self.task
-        tau = dec.tokens_per_round
-        steps = max(longest, int(np.ceil((task.max_new_tokens - 1) / tau)) + 1)
-        j = np.arange(1, N + 1)[None, :, None]
-        graph = (round_graphs(N) if dec.k else plain_graphs(N))[1:][None, :, None] if self.on_gpu else j
-        u = np.arange(1, steps + 1)[None, None, :]
-        P = task.prompt_tokens[:, None, None]
-        own = (u - 1) * tau
-        if dec.k == 0:
-            ms = c.target.predict(graph, 1, P, own, j) + c.loop.at(j)
-        else:
-            ms = speculative_round_ms(c, graph, dec.k, P, own, j)
-        ms = np.broadcast_to(ms, (task.problems, N, steps))
-        table = np.zeros((task.problems, N + 1, steps + 1))
-        table[:, 1:, 1:] = np.cumsum(ms, axis=2) / 1e3
-        self.tables[key] = table
-        return table
+        if key not in self.sums:
+            c, task = self.costs, self.task
+            tau = dec.tokens_per_round
+            j = np.arange(1, N + 1)[None, :, None]
+            graph = (round_graphs(N) if dec.k else plain_graphs(N))[1:][None, :, None] if self.on_gpu else j
+            P = task.prompt_tokens[:, None, None]
+            own = np.array([0.0, tau])[None, None, :]                     # steps u = 1 and 2
+            if dec.k == 0:
+                ms = np.broadcast_to(c.target.predict(graph, 1, P, own, j) + c.loop.at(j), (len(P), N, 2))
+                extra = None
+            else:  # a round: its verification, plus the drafts and overhead, which cannot make it cheaper
+                ms = np.broadcast_to(c.target.predict(graph, dec.k + 1, P, own, j), (len(P), N, 2))
+                extra = np.broadcast_to(dec.k * c.draft.predict(graph, 1, P, own, j) + c.rounds.at(j, dec.k),
+                                        (len(P), N, 2))
+            self.sums[key] = StepSums(ms[..., 0], ms[..., 1] - ms[..., 0],
+                                      None if extra is None else extra[..., 0],
+                                      None if extra is None else extra[..., 1] - extra[..., 0])
+        return self.sums[key]
 
     def compaction_s(self, steps: np.ndarray, stop: np.ndarray, tau: float, speculative: bool) -> np.ndarray:
         """[D] seconds compacting: at each step where f branches finish and s keep running, some row
@@ -220,7 +260,7 @@ class Replay:
         f = idx - np.maximum.accumulate(first, axis=1) + 1
         s = N - 1 - idx
         event = finish_events(steps, stop)
-        p_move = 1 - 1 / comb(s + f, f)
+        p_move = 1 - 1 / comb_table(N)[s + f, f]
         ms = m.fixed_ms * p_move + m.per_token_ms * s * f / (f + 1) * (1 + steps * tau)
         scale = self.costs.draft_compaction if speculative else 1.0
         return np.where(event, ms, 0.0).sum(1) * scale / 1e3
@@ -234,7 +274,7 @@ class Replay:
         steps = np.sort(self.step_counts(lengths, dec), axis=1)                     # shortest first
         longest_first = steps[:, ::-1]
         below = np.concatenate([longest_first[:, 1:], np.zeros((len(steps), 1), int)], 1)
-        table, live = self.step_table(dec, N, int(steps.max())), np.arange(1, N + 1)[None, :]
+        sums = self.step_sums(dec, N)
         fixed = self.prefill_s + (self.draft_prefill_s if dec.k else 0.0)
         rows = np.arange(len(steps))
         out = {}
@@ -242,7 +282,7 @@ class Replay:
             stop = steps[:, -1] if rule is None else steps[rows, self.finished_at_decision(N, cap, rule) - 1]
             hi = np.minimum(stop[:, None], longest_first)
             lo = np.minimum(stop[:, None], below)
-            seconds = (table[p[:, None], live, hi] - table[p[:, None], live, lo]).sum(1) + fixed
+            seconds = (sums.seconds(p[:, None], hi) - sums.seconds(p[:, None], lo)).sum(1) + fixed
             seconds = seconds + self.compaction_s(steps, stop, tau, dec.k > 0)
             capture = self.capture_s(steps, stop, dec.k) if self.on_gpu else np.zeros(len(steps))
             seconds = seconds + capture

@@ -13,6 +13,7 @@ from ttsplan.measure.profiles import Acceptance, DeviceProfile, TaskProfile, loa
 from ttsplan.planning.latency import Decoding, DeviceCosts, Replay
 from ttsplan.planning.plan import Plan
 from ttsplan.planning.search import Candidate, SearchResult, baselines, choose, search, with_binds
+from ttsplan.planning.selection import Selection
 from ttsplan.planning.task_arrays import TaskArrays, load_task_arrays
 
 
@@ -24,11 +25,13 @@ class Optimized:
     arrays: TaskArrays
     replay: Replay
     result: SearchResult
-    chosen: Candidate
-    baselines: dict
+    selection: Selection        # the chosen plan, its accuracy corrected for the choosing
+    chosen: Candidate           # selection.chosen, with what binds it
+    baselines: dict             # name -> Selection | None
     acceptance: Acceptance | None
     plan: Plan
     margin: str                 # what the chosen plan's p90 keeps beyond the model's own prediction
+    edges: list[str]            # where the chosen plan sits on the edge of what the profile measured
 
 
 def matching_acceptance(device: DeviceProfile, task: TaskProfile) -> Acceptance | None:
@@ -54,10 +57,21 @@ def load_profiles(device_path: Path, task_path: Path):
     return device, task
 
 
-def optimize(device_path: Path, task_path: Path, budget_s: float | None = None,
-             target_accuracy: float | None = None, stat: str = "p90") -> Optimized:
-    if (budget_s is None) == (target_accuracy is None):
-        raise TTSPlanError("give exactly one of --budget or --target-accuracy")
+@dataclass
+class Searched:
+    """Both profiles loaded and every plan scored: what any number of budgets are then chosen from."""
+    device: DeviceProfile
+    task: TaskProfile
+    costs: DeviceCosts
+    arrays: TaskArrays
+    replay: Replay
+    result: SearchResult
+    acceptance: Acceptance | None
+    device_path: Path
+    task_path: Path
+
+
+def search_profiles(device_path: Path, task_path: Path, stat: str = "p90") -> Searched:
     if stat not in ("p90", "mean"):
         raise TTSPlanError(f"--stat is p90 or mean, not {stat!r}")
     device, task = load_profiles(device_path, task_path)
@@ -69,19 +83,53 @@ def optimize(device_path: Path, task_path: Path, budget_s: float | None = None,
     # vLLM's offline generate returns a request's branches together: no early stop there
     result = search(replay, acceptance.per_position if acceptance else None, draft_lengths=ks, stat=stat,
                     early_stop=device.backend != "vllm")
-    chosen = with_binds(replay, choose(result, budget_s, target_accuracy), acceptance and acceptance.per_position)
-    low, high = result.interval(chosen)
+    return Searched(device, task, costs, arrays, replay, result, acceptance, Path(device_path), Path(task_path))
+
+
+def optimize(device_path: Path, task_path: Path, budget_s: float | None = None,
+             target_accuracy: float | None = None, stat: str = "p90") -> Optimized:
+    if (budget_s is None) == (target_accuracy is None):
+        raise TTSPlanError("give exactly one of --budget or --target-accuracy")
+    return plan_for(search_profiles(device_path, task_path, stat), budget_s, target_accuracy)
+
+
+def plan_for(s: Searched, budget_s: float | None = None, target_accuracy: float | None = None) -> Optimized:
+    """The chosen plan (and its baselines) of a search, for one budget or target accuracy."""
+    device, task, costs, arrays, replay, result, acceptance = (s.device, s.task, s.costs, s.arrays, s.replay,
+                                                               s.result, s.acceptance)
+    device_path, task_path, stat = s.device_path, s.task_path, result.stat
+    selection = choose(result, budget_s, target_accuracy)
+    chosen = with_binds(replay, selection.chosen, acceptance and acceptance.per_position)
     plan = Plan(model=task.model.name, branches=chosen.branches, vote=chosen.vote, max_new_tokens=chosen.cap,
                 early_stop=chosen.early_stop, draft=acceptance.draft.name if chosen.draft_len else None,
                 draft_len=chosen.draft_len, temperature=task.sampling["temperature"], top_p=task.sampling["top_p"],
                 top_k=task.sampling["top_k"], dataset=task.dataset,
                 device={"name": device.device["name"], "type": device.device["type"], "backend": device.backend,
                         "shape": device.model.shape, "profile": str(device_path)},
-                predicted={"accuracy": round(chosen.accuracy, 4), "interval": [round(low, 4), round(high, 4)],
+                predicted={"accuracy": round(selection.accuracy, 4),
+                           "interval": [round(selection.low, 4), round(selection.high, 4)],
+                           "accuracy_naive": round(selection.naive, 4), "optimism": round(selection.optimism, 4),
+                           "calibration_problems": selection.problems,
                            "mean_s": round(chosen.mean_s, 4), "p90_s": round(chosen.p90_s, 4), "stat": stat,
                            "budget_s": budget_s, "target_accuracy": target_accuracy, "task_profile": str(task_path)})
-    return Optimized(device, task, costs, arrays, replay, result, chosen, baselines(result, chosen, budget_s),
-                     acceptance, plan, margin_kept(device, costs, arrays, chosen, acceptance))
+    return Optimized(device, task, costs, arrays, replay, result, selection, chosen,
+                     baselines(result, selection, budget_s), acceptance, plan,
+                     margin_kept(device, costs, arrays, chosen, acceptance), edges(chosen, arrays))
+
+
+def edges(chosen: Candidate, arrays: TaskArrays) -> list[str]:
+    """Where the chosen plan sits on the edge of what the task profile measured, and what more samples
+    would settle: planning beyond N_max branches or beyond the sampling limit is not possible."""
+    out = []
+    if chosen.branches == arrays.n_max:
+        out.append(f"the chosen plan uses all N_max = {arrays.n_max} sampled branches: more branches may be "
+                   f"better within the budget; sample more per problem (`profile --n-max`) to plan beyond it")
+    cut = float((arrays.lengths >= arrays.max_new_tokens).mean())
+    if chosen.cap == arrays.max_new_tokens and cut > 0.01:
+        out.append(f"the chosen plan runs to the sampling limit ({arrays.max_new_tokens} tokens), where {cut:.0%} "
+                   f"of the sampled branches were cut off: a longer cap may be better; sample with a larger "
+                   f"`--max-new-tokens` to plan beyond it")
+    return out
 
 
 def margin_kept(device: DeviceProfile, costs: DeviceCosts, arrays: TaskArrays, chosen: Candidate,

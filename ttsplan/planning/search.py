@@ -4,8 +4,9 @@ The grid: branches N = 1..N_max, vote rule, length cap (quantiles of the profile
 and no cap), early stop off/on, and no draft or each profiled draft length k.  Accuracy comes from
 the task profile (`accuracy`), latency from the replay of each plan's decode loop (`latency`).
 Accuracy does not depend on the draft or on early stop, and early stop's decision does not depend
-on the draft, so each is computed once and shared.  Nothing is pruned: the chosen plan is the
-optimum of the grid, not of a greedy walk through it.
+on the draft, so each is computed once and shared.  Nothing is pruned: every plan of the grid is
+scored, and the choice among them (`selection`) compares their accuracies by paired differences and
+reports the chosen plan's accuracy corrected for having been chosen.
 """
 from dataclasses import dataclass, replace
 
@@ -14,6 +15,7 @@ import numpy as np
 from ttsplan.errors import TTSPlanError
 from ttsplan.planning.accuracy import AccuracyTable
 from ttsplan.planning.latency import Decoding, Replay
+from ttsplan.planning.selection import Z_PAIRED, Selection, best_within, fastest_reaching, first_reaching, unselected
 from ttsplan.planning.task_arrays import TaskArrays
 from ttsplan.voting import VOTE_RULES
 
@@ -35,6 +37,10 @@ class Candidate:
 
     def latency(self, stat: str) -> float:
         return self.p90_s if stat == "p90" else self.mean_s
+
+    def describe(self) -> str:
+        draft = f", draft k={self.draft_len}" if self.draft_len else ""
+        return f"N={self.branches}, {self.vote}, cap {self.cap}{draft}{', early stop' if self.early_stop else ''}"
 
 
 def length_caps(task: TaskArrays) -> list[int]:
@@ -110,42 +116,45 @@ def search(replay: Replay, acceptance: list[float] | None, draft_lengths=(1, 2, 
     return SearchResult(out, stat, accuracy)
 
 
-def choose(result: SearchResult, budget_s: float | None = None, target_accuracy: float | None = None) -> Candidate:
-    """The most accurate plan within the budget (ties: the faster); or, with a target accuracy,
-    the fastest plan that reaches it."""
+def full_cap(result: SearchResult) -> int:
+    return max(c.cap for c in result.candidates)
+
+
+def choose(result: SearchResult, budget_s: float | None = None, target_accuracy: float | None = None,
+           z: float = Z_PAIRED) -> Selection:
+    """The most accurate plan within the budget by the paired rule (ties: the faster); or, with a target
+    accuracy, the fastest plan that reaches it; either with its accuracy corrected for the choosing."""
     stat, cands = result.stat, result.candidates
     if target_accuracy is not None:
-        ok = [c for c in cands if c.accuracy >= target_accuracy]
-        if not ok:
-            top = max(cands, key=lambda c: c.accuracy)
-            raise TTSPlanError(f"no plan reaches accuracy {target_accuracy:.1%}: the most accurate plan "
-                               f"({describe(top)}) is predicted at {top.accuracy:.1%}")
-        return min(ok, key=lambda c: (c.latency(stat), -c.accuracy, c.mean_s + c.p90_s))
+        return fastest_reaching(result, cands, target_accuracy)
     ok = [c for c in cands if c.latency(stat) <= budget_s]
     if not ok:
         fast = result.fastest()
         raise TTSPlanError(f"no plan fits a budget of {budget_s:g} s ({stat} latency): the fastest plan "
-                           f"({describe(fast)}) takes {fast.latency(stat):.2f} s")
-    return max(ok, key=lambda c: (round(c.accuracy, 12), -c.latency(stat), -(c.mean_s + c.p90_s)))
+                           f"({fast.describe()}) takes {fast.latency(stat):.2f} s")
+    return best_within(result, ok, full_cap(result), z)
 
 
-def baselines(result: SearchResult, chosen: Candidate, budget_s: float | None) -> dict[str, Candidate | None]:
-    """The plans the seed paper argues against, on the same profiles:
-      compute-optimal     the fewest generated tokens reaching the chosen plan's accuracy;
+def baselines(result: SearchResult, chosen: Selection, budget_s: float | None) -> dict[str, Selection | None]:
+    """The plans the seed paper argues against, on the same profiles, each corrected for its own choosing:
+      compute-optimal     the fewest generated tokens whose estimate reaches the chosen plan's corrected
+                          accuracy, regardless of latency;
       branches only       majority vote over N branches, no draft, cap or early stop, best within budget;
-      speculation only    one branch with the best draft length within budget;
+      speculation only    one branch with the fastest draft length within budget;
       greedy allocation   the draft length fastest for one branch first, then as many branches of it as fit."""
     stat, cands = result.stat, result.candidates
     within = (lambda c: c.latency(stat) <= budget_s) if budget_s is not None else (lambda c: True)
-    full_cap = max(c.cap for c in cands)
-    pick = lambda pool: max(pool, key=lambda c: (c.accuracy, -c.latency(stat))) if pool else None
-    reach = [c for c in cands if c.accuracy >= chosen.accuracy - 1e-12]
-    plain = lambda c: c.cap == full_cap and not c.early_stop and c.vote == "majority"
+    cap = full_cap(result)
+    plain = lambda c: c.cap == cap and not c.early_stop and c.vote == "majority"
+    branches = [c for c in cands if plain(c) and c.draft_len == 0 and within(c)]
+    spec = [c for c in cands if plain(c) and c.branches == 1 and c.draft_len and within(c)]
+    compute = first_reaching(result, cands, chosen.accuracy, order=lambda c: (c.tokens, c.latency(stat)))
+    seed_paper = greedy(result, budget_s)
     return {
-        "compute-optimal": min(reach, key=lambda c: (c.tokens, c.latency(stat))) if reach else None,
-        "branches only": pick([c for c in cands if plain(c) and c.draft_len == 0 and within(c)]),
-        "speculation only": pick([c for c in cands if plain(c) and c.branches == 1 and c.draft_len and within(c)]),
-        "greedy allocation": greedy(result, budget_s),
+        "compute-optimal": compute,
+        "branches only": best_within(result, branches, cap, z=0) if branches else None,
+        "speculation only": best_within(result, spec, cap, z=0) if spec else None,
+        "greedy allocation": unselected(result, seed_paper) if seed_paper else None,
     }
 
 
@@ -162,11 +171,6 @@ def greedy(result: SearchResult, budget_s: float | None) -> Candidate | None:
     k = min(single, key=lambda c: c.latency(stat)).draft_len
     fits = [c for c in pool if c.draft_len == k and (budget_s is None or c.latency(stat) <= budget_s)]
     return max(fits, key=lambda c: c.branches) if fits else None
-
-
-def describe(c: Candidate) -> str:
-    draft = f", draft k={c.draft_len}" if c.draft_len else ""
-    return f"N={c.branches}, {c.vote}, cap {c.cap}{draft}{', early stop' if c.early_stop else ''}"
 
 
 def with_binds(replay: Replay, c: Candidate, acceptance) -> Candidate:

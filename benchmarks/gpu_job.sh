@@ -1,13 +1,18 @@
 #!/usr/bin/env bash
-# Calibration on the GPU machine with the real models, across device calls (each call within 30 s of
-# the last, or the machine and its /tmp are gone):
-#   bash benchmarks/gpu_calibrate.sh piece PATH...  move carried pieces (GGUF pieces, pieces/wheels, and
-#                                                   pieces/data: the datasets' .jsonl from $TTSPLAN_HOME/data) to /tmp
-#   bash benchmarks/gpu_calibrate.sh start          the job below, in the background
-#   bash benchmarks/gpu_calibrate.sh fetch S        wait up to S s for new files, copy up to 7 to $OUT (+ the log)
-# The job: join and install the 1.5b (ttsplan models pull checks its sha256 and converts it), time
-# sampling one problem at a time against the refilled batch, install the 0.5b once its pieces are all
-# here, then sample the task profiles (--samples-only: graded on the CPU, where math-verify is).
+# Jobs on the GPU machine with the real models, across device calls (each call within 30 s of the last,
+# or the machine and its /tmp are gone):
+#   bash benchmarks/gpu_job.sh piece PATH...  move carried pieces (GGUF pieces, pieces/wheels: gguf,
+#                                             accelerate, math-verify and their pure-Python deps, and
+#                                             pieces/data: the datasets' .jsonl from $TTSPLAN_HOME/data) to /tmp
+#   bash benchmarks/gpu_job.sh start JOB      a job below, in the background
+#   bash benchmarks/gpu_job.sh fetch S        wait up to S s for new files, copy up to 7 to $OUT (+ the log)
+# Jobs:
+#   calibrate     join and install the 1.5b (ttsplan models pull checks its sha256 and converts it), time
+#                 sampling one problem at a time against the refilled batch, install the 0.5b once its
+#                 pieces are all here, then sample the task profiles (--samples-only: graded on the CPU)
+#   head-to-head  the 1.5b; 64 branches on each of the first 300 GSM8K test problems (the held-out
+#                 samples, graded on the CPU), then every plan of benchmarks/results/head_to_head/plans/gsm8k
+#                 run one request at a time on the first 40 (benchmarks/head_to_head.py run)
 # The GGUF pieces are `split -b 58000000` of the assembled files, named q15.NN and q05.NN.  The job runs
 # from a copy of the repository: each device call re-syncs the working tree, and a job started from it
 # saw a module missing mid-sync (2026-12-02).
@@ -33,13 +38,23 @@ piece)
 start)
     mkdir -p $C/prof $C/out $C/home/data
     rm -rf $C/src && cp -r . $C/src
-    cd $C/src && setsid nohup bash benchmarks/gpu_calibrate.sh run >$C/log 2>&1 < /dev/null &
+    cd $C/src && setsid nohup bash benchmarks/gpu_job.sh "$2" >$C/log 2>&1 < /dev/null &
     ;;
-run)
+setup)
     nvidia-smi --query-gpu=name,memory.total --format=csv
     cp $C/pieces/data/*.jsonl $C/home/data/  # no package index here: dataset_file finds them in place
     python3 -m pip install --no-index --no-deps --target $C/pylib -q $C/pieces/wheels/*.whl
     echo "=== pull 1.5b $(date +%T)"; join q15 qwen2.5-coder-1.5b $GGUF15
+    ;;
+head-to-head)
+    bash benchmarks/gpu_job.sh setup
+    sample qwen2.5-coder-1.5b gsm8k 300 64 512
+    echo "=== runs $(date +%T)"
+    python benchmarks/head_to_head.py run --task gsm8k --limit 40 --device cuda --out $C/out
+    touch $C/done
+    ;;
+calibrate)
+    bash benchmarks/gpu_job.sh setup
     echo "=== bench $(date +%T)"
     python benchmarks/sampling_throughput.py --model qwen2.5-coder-1.5b --dataset math-train --offset 7000 \
         --problems 16 --n 64 --max-new-tokens 1024 --rows 512 --device cuda --out $C/out/sampling_throughput_h200.json

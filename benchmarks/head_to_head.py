@@ -1,0 +1,218 @@
+"""The head-to-head: the plan `optimize` chooses against the seed paper's baselines, on held-out problems.
+
+Three steps, the middle one on the GPU:
+
+  plans    (here)  for each task and p90 budget, `optimize` on the GPU device profile and the train-split
+                   task profile: the chosen plan and each baseline written as plan files, with their
+                   predictions (accuracy corrected for selection, mean and p90 latency);
+  run      (GPU)   each distinct plan run as `ttsplan run --plan P --dataset D` runs it (the same solver
+                   and results files), one request at a time, on the first --limit held-out problems:
+                   measured latency per request, and the answer;
+  report   (here)  per task, one table: each plan's measured accuracy (on the held-out samples: the
+                   plan's own vote over its first N of 64 branches sampled on the held-out problems,
+                   capped as the plan caps, so on every held-out problem, not only those run) and
+                   measured p50 / p90 latency from the runs, each beside its prediction, with intervals.
+
+Accuracy from the held-out samples is the plan's measured accuracy: fresh branches of the same engine
+and sampler, voted on as the plan votes (early stop never changes the answer; a draft never changes
+the distribution).  The runs' own answers are reported beside it as a check.
+
+    python benchmarks/head_to_head.py plans
+    python benchmarks/head_to_head.py run --task gsm8k --limit 40 --device cuda     (the GPU machine)
+    python benchmarks/head_to_head.py report
+"""
+import argparse
+import json
+import sys
+from dataclasses import replace
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import yaml
+from rich.table import Table
+
+from common import RESULTS, emit, today
+from ttsplan.datasets import load_problems
+from ttsplan.errors import TTSPlanError
+from ttsplan.planning.plan import Plan
+from ttsplan.planning.selection import Z95, prediction_interval
+
+OUT = RESULTS / "head_to_head"
+TASKS = {  # held-out dataset: device profile, calibration task profile, held-out samples, p90 budgets (s)
+    "gsm8k": ("profiles/device/h200-relay-qwen2.5-1.5b.yaml",
+              "profiles/tasks/qwen2.5-coder-1.5b-gsm8k-train-h200/task.yaml",
+              OUT / "heldout" / "qwen2.5-coder-1.5b-gsm8k-h200", (1, 1.25, 1.5, 2)),
+    "math500": ("profiles/device/h200-relay-qwen2.5-1.5b.yaml",
+                "profiles/tasks/qwen2.5-coder-1.5b-math-train-h200/task.yaml",
+                OUT / "heldout" / "qwen2.5-coder-1.5b-math500-h200", (2, 4, 8, 16)),
+}
+
+
+def plan_key(plan: Plan) -> str:
+    d = plan.describe().replace(", ", "_").replace(" ", "").replace("=", "")
+    return d.replace("qwen2.5-coder-0.5b", "d05")
+
+
+def make_plans(args):
+    from ttsplan.planning.optimize import plan_for, search_profiles
+    for task, (device, profile, _, budgets) in TASKS.items():
+        if args.task and task != args.task:
+            continue
+        if not Path(profile).exists():
+            print(f"{task}: {profile} missing (not graded?): skipped", file=sys.stderr)
+            continue
+        index = {"task": task, "device_profile": device, "task_profile": profile, "date": today(), "budgets": []}
+        searched = search_profiles(Path(device), Path(profile))
+        for budget in budgets:
+            opt = plan_for(searched, budget_s=budget)
+            entry = {"budget_s": budget, "plans": {}}
+            for name, sel in [("chosen", opt.selection)] + list(opt.baselines.items()):
+                if sel is None:
+                    continue
+                c = sel.chosen
+                plan = replace(opt.plan, branches=c.branches, vote=c.vote, max_new_tokens=c.cap,
+                               early_stop=c.early_stop, draft=opt.plan.draft or (opt.acceptance.draft.name
+                                                                                   if c.draft_len else None),
+                               draft_len=c.draft_len, dataset=task,
+                               predicted={"accuracy": round(sel.accuracy, 4), "interval": [round(sel.low, 4),
+                                                                                          round(sel.high, 4)],
+                                          "accuracy_naive": round(sel.naive, 4), "mean_s": round(c.mean_s, 4),
+                                          "p90_s": round(c.p90_s, 4), "budget_s": budget, "stat": "p90",
+                                          "calibration_problems": sel.problems})
+                if not c.draft_len:
+                    plan.draft = None
+                key = plan_key(plan)
+                path = OUT / "plans" / task / f"{key}.yaml"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                if not path.exists():
+                    plan.save(path)
+                entry["plans"][name] = {"plan": key, **plan.predicted}
+            index["budgets"].append(entry)
+            print(task, budget, {n: p["plan"] for n, p in entry["plans"].items()})
+        (OUT / f"{task}-plans.json").write_text(json.dumps(index, indent=1))
+
+
+def run_plans(args):
+    """Every plan file of the task, one request at a time, through the executor's own solver and results
+    files; the engines load once and are shared by the plans."""
+    from ttsplan.runner import load_draft, load_engine, run_dataset, solve
+    plans = sorted((OUT / "plans" / args.task).glob("*.yaml"))
+    plans = [Plan.load(p) for p in plans]
+    problems = load_problems(args.task, args.limit, 0)
+    engine = load_engine(plans[0].model, args.device)
+    drafts = {}
+    # warm-up: the process's first request compiles the kernels, which no later request pays
+    solve(engine, problems[0].question, replace(plans[0], draft=None, draft_len=0, branches=2, max_new_tokens=16))
+    out = Path(args.out)
+    for plan in plans:
+        if plan.draft and plan.draft not in drafts:
+            drafts[plan.draft] = load_draft(engine, plan.draft, args.device)
+        solver = partial(solve, engine, plan=plan, draft=drafts.get(plan.draft))
+        path = out / f"{args.task}-{plan_key(plan)}.jsonl"
+        rows = run_dataset(solver, problems, path, args.task)
+        lat = [r["latency_s"] for r in rows]
+        print(f"{plan_key(plan)}: {len(rows)} problems, p50 {np.median(lat):.3f} s, p90 {np.quantile(lat, 0.9):.3f} s, "
+              f"{np.mean([r['correct'] for r in rows]):.1%} correct", flush=True)
+
+
+def plan_accuracy_heldout(arrays, plan: Plan) -> np.ndarray:
+    """[P] whether the plan's vote over branches 0..N-1 of each held-out problem is right (ties: the
+    share of the tied classes that are right, as the executor's tie-break over a random order)."""
+    from ttsplan.planning.accuracy import vote_credit
+    cls = arrays.classes_at(plan.max_new_tokens)[:, :plan.branches]
+    w = arrays.weights_at(plan.vote, plan.max_new_tokens)[:, :plan.branches]
+    K = arrays.correct.shape[1]
+    scores = np.zeros((len(cls), K))
+    for p in range(len(cls)):
+        for c, x in zip(cls[p], w[p]):
+            if c >= 0:
+                scores[p, c] += x
+    return vote_credit(scores, arrays.correct)
+
+
+def quantile_interval(x: np.ndarray, q: float, seed: int = 0) -> tuple[float, float]:
+    rng = np.random.default_rng(seed)
+    boot = np.quantile(x[rng.integers(0, len(x), (2000, len(x)))], q, axis=1)
+    return float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5))
+
+
+def report(args):
+    from ttsplan.measure.profiles import load_task_profile
+    from ttsplan.planning.task_arrays import load_task_arrays
+    summary = {"date": today(), "tasks": {}}
+    for task, (_, _, heldout, _) in TASKS.items():
+        index_path = OUT / f"{task}-plans.json"
+        if not index_path.exists() or not (heldout / "task.yaml").exists():
+            print(f"{task}: plans or graded held-out samples missing: skipped", file=sys.stderr)
+            continue
+        index = json.loads(index_path.read_text())
+        arrays = load_task_arrays(load_task_profile(heldout / "task.yaml"), heldout / "task.yaml")
+        table = Table(title=f"{task}: the chosen plan against the baselines on {arrays.problems} held-out problems "
+                            f"(qwen2.5-coder-1.5b, H200, bf16; calibrated on the train split; {today()})")
+        for col in ("budget p90", "plan", "", "accuracy measured (95%)", "predicted (95% for this many)",
+                    "in", "runs", "p50 s measured / predicted mean", "p90 s measured (95%) / predicted", "within"):
+            table.add_column(col, justify="right")
+        rows = []
+        for entry in index["budgets"]:
+            chosen_x = None
+            for name, pred in entry["plans"].items():
+                plan = Plan.load(OUT / "plans" / task / f"{pred['plan']}.yaml")
+                x = plan_accuracy_heldout(arrays, plan)
+                chosen_x = x if name == "chosen" else chosen_x
+                acc = float(x.mean())
+                se = float(x.std(ddof=1) / np.sqrt(len(x)))
+                lo, hi = prediction_interval(pred["accuracy"], *pred["interval"], len(x))
+                run_file = Path(args.runs) / f"{task}-{pred['plan']}.jsonl"
+                runs = [json.loads(line) for line in run_file.read_text().splitlines()] if run_file.exists() else []
+                lat = np.array([r["latency_s"] for r in runs])
+                row = {"budget_s": entry["budget_s"], "name": name, "plan": plan.describe(), "accuracy": acc,
+                       "accuracy_low": acc - Z95 * se, "accuracy_high": acc + Z95 * se,
+                       "predicted": pred["accuracy"], "predicted_low": lo, "predicted_high": hi,
+                       "inside": bool(lo <= acc <= hi), "runs": len(runs),
+                       "runs_correct": float(np.mean([r["correct"] for r in runs])) if runs else None,
+                       "p50_s": float(np.median(lat)) if runs else None,
+                       "p90_s": float(np.quantile(lat, 0.9)) if runs else None,
+                       "p90_interval": quantile_interval(lat, 0.9) if runs else None,
+                       "predicted_mean_s": pred["mean_s"], "predicted_p90_s": pred["p90_s"]}
+                if name != "chosen" and chosen_x is not None:
+                    d = chosen_x - x
+                    row["chosen_minus"] = [float(d.mean()), float(d.std(ddof=1) / np.sqrt(len(d)))]
+                rows.append(row)
+                versus = f" (chosen {row['chosen_minus'][0]:+.1%} +- {Z95 * row['chosen_minus'][1]:.1%})" \
+                    if "chosen_minus" in row else ""
+                table.add_row(f"{entry['budget_s']:g} s", name, plan.describe(),
+                              f"{acc:.1%} ({row['accuracy_low']:.0%}-{row['accuracy_high']:.0%}){versus}",
+                              f"{pred['accuracy']:.1%} ({lo:.0%}-{hi:.0%})", "yes" if row["inside"] else "NO",
+                              f"{len(runs)} ({row['runs_correct']:.0%})" if runs else "-",
+                              f"{row['p50_s']:.2f} / {pred['mean_s']:.2f}" if runs else f"- / {pred['mean_s']:.2f}",
+                              (f"{row['p90_s']:.2f} ({row['p90_interval'][0]:.2f}-{row['p90_interval'][1]:.2f})"
+                               f" / {pred['p90_s']:.2f}") if runs else f"- / {pred['p90_s']:.2f}",
+                              ("yes" if row["p90_s"] <= entry["budget_s"] else "NO") if runs else "-")
+            table.add_section()
+        summary["tasks"][task] = rows
+        emit(table, f"head_to_head_{task}", f"Head-to-head on held-out {task} ({today()})")
+    (OUT / "summary.json").write_text(json.dumps(summary, indent=1))
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    sub = ap.add_subparsers(dest="mode", required=True)
+    p = sub.add_parser("plans")
+    p.add_argument("--task", choices=list(TASKS))
+    r = sub.add_parser("run")
+    r.add_argument("--task", choices=list(TASKS), required=True)
+    r.add_argument("--limit", type=int, default=40)
+    r.add_argument("--device", default="cuda")
+    r.add_argument("--out", default=str(OUT / "runs"))
+    rep = sub.add_parser("report")
+    rep.add_argument("--runs", default=str(OUT / "runs"))
+    args = ap.parse_args()
+    try:
+        {"plans": make_plans, "run": run_plans, "report": report}[args.mode](args)
+    except TTSPlanError as e:
+        sys.exit(f"error: {e}")
+
+
+if __name__ == "__main__":
+    main()
