@@ -37,7 +37,7 @@ piece)
     shift; mkdir -p $C/pieces; for f in "$@"; do mv "$f" $C/pieces/; done; ls $C/pieces | wc -l ;;
 start)
     mkdir -p $C/prof $C/out $C/home/data
-    rm -rf $C/src && cp -r . $C/src
+    rm -rf $C/src $C/done && cp -r . $C/src
     cd $C/src && setsid nohup bash benchmarks/gpu_job.sh "$2" >$C/log 2>&1 < /dev/null &
     ;;
 setup)
@@ -51,6 +51,13 @@ head-to-head)
     sample qwen2.5-coder-1.5b gsm8k 300 64 512
     echo "=== runs $(date +%T)"
     python benchmarks/head_to_head.py run --task gsm8k --limit 40 --device cuda --out $C/out
+    touch $C/done
+    ;;
+held-out-math)  # after head-to-head, on the same machine: the first plan again through `ttsplan run`
+    # itself (its first requests were the process's first of their shapes), then MATH-500's held-out samples
+    python -m ttsplan run --plan benchmarks/results/head_to_head/plans/gsm8k/N14_mean-logprob_cap368_earlystop.yaml \
+        --dataset gsm8k --limit 40 --device cuda --results $C/out/rerun-gsm8k-N14_mean-logprob_cap368_earlystop.jsonl
+    sample qwen2.5-coder-1.5b math500 200 64 1024
     touch $C/done
     ;;
 calibrate)
