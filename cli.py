@@ -438,11 +438,12 @@ def run(
     with progress_bar() as progress:
         task = progress.add_task(dataset, total=len(problems))
         rows = run_dataset(solver, problems, out, plan.dataset, on_problem=lambda p: progress.advance(task))
-    console.print(dataset_table(rows, plan, predicted))
+    from ttsplan.report import run_summary_table
+    console.print(dataset_table(rows, plan), run_summary_table(rows, plan, predicted))
     console.print(f"results: {out}")
 
 
-def dataset_table(rows: list[dict], plan, predicted: dict | None) -> Table:
+def dataset_table(rows: list[dict], plan) -> Table:
     table = Table(title=f"{plan.dataset}: {plan.model}, {plan.describe()}")
     for col in ("problem", "gold", "answer", "correct", "latency s", "tokens", "cut off", "stopped"):
         table.add_column(col, justify="right")
@@ -455,8 +456,4 @@ def dataset_table(rows: list[dict], plan, predicted: dict | None) -> Table:
     table.add_row("total", "", "", f"{correct}/{len(rows)} ({correct / len(rows):.0%})", f"mean {mean_s:.1f}",
                   str(sum(r["new_tokens"] for r in rows)), str(sum(r["cut_off"] for r in rows)),
                   str(sum(r.get("stopped", 0) for r in rows)))
-    if predicted:
-        lo, hi = predicted["interval"]
-        table.add_row("predicted", "", "", f"{predicted['accuracy']:.0%} ({lo:.0%}-{hi:.0%})",
-                      f"mean {predicted['mean_s']:.1f}", "", "", "")
     return table

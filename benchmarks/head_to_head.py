@@ -36,7 +36,7 @@ from common import RESULTS, emit, today
 from ttsplan.datasets import load_problems
 from ttsplan.errors import TTSPlanError
 from ttsplan.planning.plan import Plan
-from ttsplan.planning.selection import Z95, prediction_interval
+from ttsplan.planning.selection import Z95, prediction_interval, quantile_interval
 
 OUT = RESULTS / "head_to_head"
 TASKS = {  # held-out dataset: device profile, calibration task profile, held-out samples, p90 budgets (s)
@@ -131,12 +131,6 @@ def plan_accuracy_heldout(arrays, plan: Plan) -> np.ndarray:
     return vote_credit(scores, arrays.correct)
 
 
-def quantile_interval(x: np.ndarray, q: float, seed: int = 0) -> tuple[float, float]:
-    rng = np.random.default_rng(seed)
-    boot = np.quantile(x[rng.integers(0, len(x), (2000, len(x)))], q, axis=1)
-    return float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5))
-
-
 def report(args):
     from ttsplan.measure.profiles import load_task_profile
     from ttsplan.planning.task_arrays import load_task_arrays
@@ -164,6 +158,8 @@ def report(args):
                 se = float(x.std(ddof=1) / np.sqrt(len(x)))
                 lo, hi = prediction_interval(pred["accuracy"], *pred["interval"], len(x))
                 run_file = Path(args.runs) / f"{task}-{pred['plan']}.jsonl"
+                rerun = Path(args.runs) / f"rerun-{task}-{pred['plan']}.jsonl"  # through `ttsplan run` itself
+                run_file = rerun if rerun.exists() else run_file
                 runs = [json.loads(line) for line in run_file.read_text().splitlines()] if run_file.exists() else []
                 lat = np.array([r["latency_s"] for r in runs])
                 row = {"budget_s": entry["budget_s"], "name": name, "plan": plan.describe(), "accuracy": acc,
@@ -188,6 +184,7 @@ def report(args):
                               f"{row['p50_s']:.2f} / {pred['mean_s']:.2f}" if runs else f"- / {pred['mean_s']:.2f}",
                               (f"{row['p90_s']:.2f} ({row['p90_interval'][0]:.2f}-{row['p90_interval'][1]:.2f})"
                                f" / {pred['p90_s']:.2f}") if runs else f"- / {pred['p90_s']:.2f}",
+                              "not held to it" if name == "compute-optimal" else
                               ("yes" if row["p90_s"] <= entry["budget_s"] else "NO") if runs else "-")
             table.add_section()
         summary["tasks"][task] = rows

@@ -6,6 +6,7 @@ import numpy as np
 from rich.table import Table
 
 from ttsplan.engine.config import ModelConfig
+from ttsplan.planning.selection import Z95, prediction_interval, quantile_interval
 from ttsplan.voting import VOTE_RULES
 
 
@@ -205,3 +206,24 @@ def plot_frontier(result, chosen, baselines: dict, path: Path, title: str) -> No
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def run_summary_table(rows: list[dict], plan, predicted: dict | None) -> Table:
+    """A dataset run against its plan's prediction: accuracy with its 95% interval (measured: over these
+    problems; predicted: the plan's corrected estimate, widened by this many problems' own noise), and
+    p50 / p90 latency (measured, with a bootstrap interval) against the predicted mean and p90."""
+    n = len(rows)
+    correct = np.array([float(r["correct"]) for r in rows])
+    lat = np.array([r["latency_s"] for r in rows])
+    acc, se = correct.mean(), correct.std(ddof=1) / np.sqrt(n) if n > 1 else float("nan")
+    table = _table(f"{plan.dataset}, {n} problems: measured against predicted", ["", "accuracy (95%)", "p50 s",
+                                                                                 "p90 s (95%)", "budget"])
+    lo90, hi90 = quantile_interval(lat, 0.9)
+    table.add_row("measured", f"{acc:.1%} ({max(acc - Z95 * se, 0):.0%}-{min(acc + Z95 * se, 1):.0%})",
+                  f"{np.median(lat):.2f}", f"{np.quantile(lat, 0.9):.2f} ({lo90:.2f}-{hi90:.2f})", "")
+    if predicted:
+        lo, hi = prediction_interval(predicted["accuracy"], *predicted["interval"], n)
+        budget = predicted.get("budget_s")
+        table.add_row("predicted", f"{predicted['accuracy']:.1%} ({lo:.0%}-{hi:.0%})", f"mean {predicted['mean_s']:.2f}",
+                      f"{predicted['p90_s']:.2f}", f"{budget:g} s" if budget else "")
+    return table

@@ -170,3 +170,11 @@ def prediction_interval(sel_accuracy: float, low: float, high: float, heldout: i
     se_new = np.sqrt(max(sel_accuracy * (1 - sel_accuracy), 0.0) / heldout)
     half = Z95 * float(np.hypot(se_cal, se_new))
     return max(0.0, sel_accuracy - half), min(1.0, sel_accuracy + half)
+
+
+def quantile_interval(x, q: float, resamples: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """95% bootstrap interval of the q-quantile of measurements x (latencies of a run)."""
+    x = np.asarray(x, dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    boot = np.quantile(x[rng.integers(0, len(x), (resamples, len(x)))], q, axis=1)
+    return float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5))
