@@ -360,3 +360,27 @@ def test_a_vllm_deployment_is_planned_without_early_stop():
     relay = optimize(profiles / "device" / "cpu-2t-relay-qwen2.5-coder-1.5b.yaml", task, budget_s=60)
     assert not any(c.early_stop for c in vllm.result.candidates) and vllm.plan.device["backend"] == "vllm"
     assert any(c.early_stop for c in relay.result.candidates)
+
+
+def test_the_chosen_plan_on_the_edge_of_the_profile_is_named():
+    """A plan using every sampled branch, or running to the sampling limit where branches were cut off,
+    is flagged: the profile cannot say whether more would be better."""
+    from ttsplan.planning.optimize import edges
+    from ttsplan.planning.search import Candidate
+    t = task(FIVE["classes"], [[11, 11, 11, 11, 20]] * 4, FIVE["correct"], max_new=20)
+    at = lambda N, cap: Candidate(N, "majority", cap, False, 0, 1.0, 0.1, 0.1, 50.0)
+    assert edges(at(3, 16), t) == []
+    named = edges(at(5, 20), t)
+    assert len(named) == 2 and "N_max = 5" in named[0] and "20 tokens" in named[1] and "20%" in named[1]
+
+
+def test_optimize_reports_the_corrected_accuracy_in_the_plan():
+    from pathlib import Path
+    from ttsplan.planning.optimize import optimize
+    profiles = Path(__file__).resolve().parent.parent / "profiles"
+    opt = optimize(profiles / "device" / "cpu-2t-relay-qwen2.5-coder-1.5b.yaml",
+                   profiles / "tasks" / "qwen2.5-coder-1.5b-gsm8k-cpu-2t" / "task.yaml", budget_s=120)
+    p = opt.plan.predicted
+    assert p["accuracy"] == pytest.approx(p["accuracy_naive"] - p["optimism"], abs=1e-3)
+    assert p["interval"][0] <= p["accuracy"] <= p["interval"][1] and p["calibration_problems"] == 32
+    assert opt.selection.chosen.p90_s <= 120
