@@ -17,23 +17,6 @@ from ttsplan.planning.selection import Selection
 from ttsplan.planning.task_arrays import TaskArrays, load_task_arrays
 
 
-@dataclass
-class Optimized:
-    device: DeviceProfile
-    task: TaskProfile
-    costs: DeviceCosts
-    arrays: TaskArrays
-    replay: Replay
-    result: SearchResult
-    selection: Selection        # the chosen plan, its accuracy corrected for the choosing
-    chosen: Candidate           # selection.chosen, with what binds it
-    baselines: dict             # name -> Selection | None
-    acceptance: Acceptance | None
-    plan: Plan
-    margin: str                 # what the chosen plan's p90 keeps beyond the model's own prediction
-    edges: list[str]            # where the chosen plan sits on the edge of what the profile measured
-
-
 def matching_acceptance(device: DeviceProfile, task: TaskProfile) -> Acceptance | None:
     """The task profile's acceptance for the device profile's draft shape at the sampling temperature."""
     if device.draft is None:
@@ -69,6 +52,17 @@ class Searched:
     acceptance: Acceptance | None
     device_path: Path
     task_path: Path
+
+
+@dataclass
+class Optimized(Searched):
+    """A search with one budget's (or target's) choice made."""
+    selection: Selection        # the chosen plan, its accuracy corrected for the choosing
+    chosen: Candidate           # selection.chosen, with what binds it
+    baselines: dict             # name -> Selection | None
+    plan: Plan
+    margin: str                 # what the chosen plan's p90 keeps beyond the model's own prediction
+    edges: list[str]            # where the chosen plan sits on the edge of what the profile measured
 
 
 def search_profiles(device_path: Path, task_path: Path, stat: str = "p90") -> Searched:
@@ -112,9 +106,9 @@ def plan_for(s: Searched, budget_s: float | None = None, target_accuracy: float 
                            "calibration_problems": selection.problems,
                            "mean_s": round(chosen.mean_s, 4), "p90_s": round(chosen.p90_s, 4), "stat": stat,
                            "budget_s": budget_s, "target_accuracy": target_accuracy, "task_profile": str(task_path)})
-    return Optimized(device, task, costs, arrays, replay, result, selection, chosen,
-                     baselines(result, selection, budget_s), acceptance, plan,
-                     margin_kept(device, costs, arrays, chosen, acceptance), edges(chosen, arrays))
+    return Optimized(**vars(s), selection=selection, chosen=chosen, baselines=baselines(result, selection, budget_s),
+                     plan=plan, margin=margin_kept(device, costs, arrays, chosen, acceptance),
+                     edges=edges(chosen, arrays))
 
 
 def edges(chosen: Candidate, arrays: TaskArrays) -> list[str]:
