@@ -250,7 +250,8 @@ def optimize(
         console.print(f"[yellow]edge:[/] {line}")
     missing = [name for name, c in opt.baselines.items() if c is None]
     if missing:
-        console.print(f"no plan of kind {', '.join(missing)} fits ({'no profiled draft' if acc is None else goal})")
+        why = "the task profile measured no acceptance for this draft" if acc is None else goal
+        console.print(f"no plan of kind {', '.join(missing)} fits ({why})")
     console.print(frontier_chart(res.frontier(), stat, chosen), highlight=False)
     if plot:
         plot_frontier(res, chosen, {n: s and s.chosen for n, s in opt.baselines.items()}, plot,
