@@ -32,7 +32,7 @@ def test_dataset_run_resumes_after_interruption(smollm2_dir, tmp_path):
     again = [json.loads(line) for line in results.read_text().splitlines()]
     assert [r["id"] for r in again] == ["gsm8k-0", "gsm8k-1"]
     assert again[0] == rows[0], "the finished problem is kept, not run again"
-    assert "total" in out and "/2" in out
+    assert "total" in out and "/2" in out and "measured against predicted" in out
 
 
 def test_random_weight_timing_draws_the_given_acceptance(smollm2_dir):
