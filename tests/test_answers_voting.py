@@ -177,3 +177,14 @@ def test_confident_branches_outweigh_unsure_ones():
     assert vote(classes, answers, [1.0] * 5)[0] == "2"
     with pytest.raises(ValueError):
         weights_by_length(sure, conf_sure, "best-of")
+
+
+def test_answers_too_large_to_evaluate_are_compared_as_written():
+    """A power with an astronomically large exponent is not handed to math-verify (whose timeout cannot
+    interrupt big-integer arithmetic; this comparison would not end): equal only as written."""
+    from ttsplan.answers import huge, parse_answer, same_answer
+    tower, big = parse_answer("2^{100 \\cdot 2^{99}}", "math"), parse_answer("10^{10^{10}}", "math")
+    assert huge(tower) and huge(big) and not huge(parse_answer("2^{250}", "math"))
+    assert not same_answer(parse_answer("2^{250}", "math"), tower, "math")
+    assert same_answer(big, parse_answer("10^{10^{10}}", "math"), "math")
+    assert same_answer(parse_answer("\\frac{1}{2}", "math"), parse_answer("0.5", "math"), "math")
