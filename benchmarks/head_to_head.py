@@ -29,7 +29,6 @@ from functools import partial
 from pathlib import Path
 
 import numpy as np
-import yaml
 from rich.table import Table
 
 from common import RESULTS, emit, today
