@@ -152,7 +152,7 @@ def test_damaged_profiles_are_refused_with_one_line(profiles, tmp_path):
     text = device_path.read_text()
     cases = [
         (text[:text.rindex("\n", 0, len(text) // 2)], ["is missing", "truncated"]),    # truncated at a line
-        (text[:len(text) // 2 + 7], ["not valid YAML at line"]),                        # truncated mid-line
+        (text[:text.index("{", len(text) // 2) + 3], ["not valid YAML at line"]),      # cut inside a {...}
         ("\x00\x01garbage: [unclosed", ["not valid YAML"]),                              # corrupt
         (text.replace("ttsplan.device/1", "ttsplan.device/0"), ["field 'schema'", "ttsplan.device/0"]),
         (re.sub(r" ms: [0-9.]+", " ms: fast", text, count=1), ["steps[0].ms", "should be a number"]),
