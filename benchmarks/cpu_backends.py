@@ -15,12 +15,12 @@ import torch
 from rich.table import Table
 
 from common import cpu_name, emit, gsm8k_prompt_ids, today
-from ttsplan.backends.vllm import engine_args, start_llm
+from ttsplan.backends.vllm import start_llm
+from ttsplan.backends.vllm_args import engine_args
 from ttsplan.engine.generate import generate
+from ttsplan.engine.loader import load_model
 from ttsplan.engine.sampling import SamplingParams
 from ttsplan.hardware import copy_bandwidth
-from ttsplan.planning.plan import Plan
-from ttsplan.runner import load_engine
 
 MODEL, NEW, PROMPT, REPEATS = "qwen2.5-coder-0.5b", 128, 512, 2
 
@@ -53,9 +53,9 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--branches", type=int, nargs="+", default=[1, 8, 16, 32])
     args = ap.parse_args()
-    engine = load_engine(MODEL)
+    engine = load_model(MODEL)
     prompts = [gsm8k_prompt_ids(engine.tokenizer, PROMPT, offset=40 * i) for i in range(2 * REPEATS + 1)]
-    llm = start_llm(engine_args(Plan(model=MODEL), engine.model_dir, max_model_len=1024))
+    llm = start_llm(engine_args(engine.model_dir, "cpu", max_model_len=1024))
     relay_seconds(engine, prompts[-1], 2, 4)  # warm up both
     vllm_seconds(llm, prompts[-1], 2, 4)
     bw = copy_bandwidth(torch.device("cpu"))

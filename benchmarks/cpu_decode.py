@@ -16,7 +16,7 @@ from common import cpu_name, emit, gsm8k_prompt_ids, today
 from ttsplan.engine.generate import generate
 from ttsplan.engine.sampling import SamplingParams
 from ttsplan.hardware import copy_bandwidth
-from ttsplan.runner import load_engine
+from ttsplan.engine.loader import load_model
 
 NEW = 128
 
@@ -36,7 +36,7 @@ def main():
     args = ap.parse_args()
     from transformers import AutoModelForCausalLM
 
-    engine = load_engine("qwen2.5-coder-0.5b")
+    engine = load_model("qwen2.5-coder-0.5b")
     hf = AutoModelForCausalLM.from_pretrained(engine.model_dir, dtype=torch.float32)
     ids = gsm8k_prompt_ids(engine.tokenizer, 512)
     bw = copy_bandwidth(torch.device("cpu"))

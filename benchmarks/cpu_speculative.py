@@ -17,7 +17,8 @@ from ttsplan.datasets import load_problems
 from ttsplan.engine.generate import generate
 from ttsplan.engine.sampling import SamplingParams
 from ttsplan.engine.speculative import generate_speculative
-from ttsplan.runner import encode, load_draft, load_engine
+from ttsplan.datasets import prompt_ids
+from ttsplan.engine.loader import load_draft, load_model
 
 NEW = 64
 
@@ -33,9 +34,9 @@ def main():
     ap.add_argument("--branches", type=int, nargs="+", default=[1, 2, 4, 8])
     ap.add_argument("--draft-lens", type=int, nargs="+", default=[1, 2, 4, 6, 8])
     args = ap.parse_args()
-    target = load_engine("qwen2.5-coder-1.5b")
-    draft = load_draft(target, "qwen2.5-coder-0.5b", 1).engine
-    prompt = encode(target, load_problems("gsm8k", 1)[0].question)
+    target = load_model("qwen2.5-coder-1.5b")
+    draft = load_draft(target, "qwen2.5-coder-0.5b")
+    prompt = prompt_ids(target.tokenizer, load_problems("gsm8k", 1)[0].question)
     params = SamplingParams(temperature=0.7, top_p=0.95, max_new_tokens=NEW, ignore_eos=True)
     generate(target.model, prompt, 1, SamplingParams(max_new_tokens=2), set())  # warm up
 

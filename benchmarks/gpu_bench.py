@@ -6,6 +6,7 @@ Random weights of the Qwen2.5 shapes (timings do not depend on weight values).  
 carries the copy bandwidth measured in this same run, and each baseline is measured beside.
 """
 import argparse
+import functools
 import json
 import statistics
 import time
@@ -28,8 +29,17 @@ from ttsplan.kernels.relay_attention_triton import Tuning, relay_attention_trito
 
 DEV = torch.device("cuda")
 BF16 = torch.bfloat16
-MATMUL_FLOPS = 777e12  # bf16 dense matmul measured on the H100 (ASSETS.md)
-HEADS = {"qwen2.5-1.5b (12/2)": (12, 2), "qwen2.5-7b (28/4)": (28, 4), "32/8 (ASSETS baseline)": (32, 8)}
+
+
+@functools.cache
+def matmul_peak() -> float:
+    """FLOP/s of a bf16 8192^3 matmul on this device, measured once in this run: the compute floor's peak."""
+    a, b = (torch.randn(8192, 8192, device=DEV, dtype=BF16) for _ in range(2))
+    ms = triton.testing.do_bench(lambda: a @ b, warmup=25, rep=200, return_mode="median")
+    return 2 * 8192 ** 3 / (ms * 1e-3)
+
+
+HEADS = {"qwen2.5-1.5b (12/2)": (12, 2), "qwen2.5-7b (28/4)": (28, 4), "32/8 (the H100 SDPA baseline's)": (32, 8)}
 
 
 def bench_ms(fn) -> float:
@@ -63,7 +73,7 @@ def attention_floors(args, bw: float) -> tuple[int, float, float]:
     n, H, nq, D = q.shape
     nbytes = (pk.numel() + sk.numel()) * 2 * 2 + 2 * q.numel() * 2
     flops = 4 * n * H * nq * (pk.shape[1] + int(lens[0])) * D
-    return nbytes, nbytes / bw * 1e3, flops / MATMUL_FLOPS * 1e3
+    return nbytes, nbytes / bw * 1e3, flops / matmul_peak() * 1e3
 
 
 def attention_table(bw: float, quick: bool):
@@ -193,7 +203,7 @@ def main():
     args = ap.parse_args()
     only = set(args.only or ["attention", "decode", "e2e"])
     bw = copy_bandwidth(DEV, nbytes=1 << 30)
-    header = f"{torch.cuda.get_device_name()}, copy bandwidth {bw / 1e12:.2f} TB/s (measured in this run), torch {torch.__version__}, triton {triton.__version__}, {today()}"
+    header = f"{torch.cuda.get_device_name()}, copy bandwidth {bw / 1e12:.2f} TB/s, bf16 matmul {matmul_peak() / 1e12:.0f} TFLOP/s (both measured in this run), torch {torch.__version__}, triton {triton.__version__}, {today()}"
     print(header)
     if "sweep" in only:
         sweep, plain = sweep_table(bw)

@@ -31,7 +31,7 @@ from ttsplan.engine.speculative import generate_speculative
 from ttsplan.hardware import copy_bandwidth
 from ttsplan.kernels.relay_attention_triton import Tuning, relay_attention_triton
 from ttsplan.kernels.sampling_triton import sample_top_p
-from ttsplan.measure.profiles import PROFILES, load_task_profile
+from ttsplan.measure.schema import PROFILES, load_task_profile
 from ttsplan.measure.step_cost import PromptCaches, draft_point, step_point
 
 DEV = torch.device("cuda")

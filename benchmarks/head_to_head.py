@@ -95,11 +95,14 @@ def make_plans(args):
 def run_plans(args):
     """Every plan file of the task, one request at a time, through the executor's own solver and results
     files; the engines load once and are shared by the plans."""
-    from ttsplan.runner import load_draft, load_engine, run_dataset, solve
+    from ttsplan.engine.loader import load_draft, load_model
+    from ttsplan.execute.results import run_dataset
+    from ttsplan.execute.runner import solve
     plans = sorted((OUT / "plans" / args.task).glob("*.yaml"))
     plans = [Plan.load(p) for p in plans]
     problems = load_problems(args.task, args.limit, 0)
-    engine = load_engine(plans[0].model, args.device)
+    warm_up = load_problems(args.task, 1, args.limit)[0]  # not one of the timed problems
+    engine = load_model(plans[0].model, args.device)
     drafts = {}
     # warm-up: the process's first request compiles the kernels, which no later request pays
     solve(engine, problems[0].question, replace(plans[0], draft=None, draft_len=0, branches=2, max_new_tokens=16))
@@ -108,6 +111,7 @@ def run_plans(args):
         if plan.draft and plan.draft not in drafts:
             drafts[plan.draft] = load_draft(engine, plan.draft, args.device)
         solver = partial(solve, engine, plan=plan, draft=drafts.get(plan.draft))
+        solver(warm_up.question)  # this plan's shapes compiled and captured once, as in a serving process
         path = out / f"{args.task}-{plan_key(plan)}.jsonl"
         rows = run_dataset(solver, problems, path, args.task)
         lat = [r["latency_s"] for r in rows]
@@ -131,7 +135,7 @@ def plan_accuracy_heldout(arrays, plan: Plan) -> np.ndarray:
 
 
 def report(args):
-    from ttsplan.measure.profiles import load_task_profile
+    from ttsplan.measure.schema import load_task_profile
     from ttsplan.planning.task_arrays import load_task_arrays
     summary = {"date": today(), "tasks": {}}
     for task, (_, _, heldout, _) in TASKS.items():

@@ -15,7 +15,6 @@ import json
 import time
 from pathlib import Path
 
-import torch
 from rich.console import Console
 from rich.table import Table
 
@@ -24,7 +23,7 @@ from ttsplan.engine.generate import generate
 from ttsplan.engine.many_prompts import generate_many
 from ttsplan.engine.sampling import SamplingParams
 from ttsplan.hardware import copy_bandwidth, device_name, synchronize
-from ttsplan.runner import load_engine
+from ttsplan.engine.loader import load_model
 
 
 def one_at_a_time(engine, prompts, n, params):
@@ -56,7 +55,7 @@ def main() -> None:
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
-    engine = load_engine(args.model, args.device)
+    engine = load_model(args.model, args.device)
     prompts = [prompt_ids(engine.tokenizer, p.question) for p in load_problems(args.dataset, args.problems, args.offset)]
     params = SamplingParams(temperature=0.7, top_p=0.95, max_new_tokens=args.max_new_tokens)
     dev = engine.model.device

@@ -52,9 +52,10 @@ def draw_plan(rng: np.random.Generator, shape: str, draft: str | None, n_max: in
 
 def measure(args):
     import torch
-    from ttsplan.measure.profiles import load_task_profile
+    from ttsplan.measure.schema import load_task_profile
     from ttsplan.planning.latency import drawn_request
-    from ttsplan.runner import given_acceptance, random_models, time_request
+    from ttsplan.engine.loader import random_models
+    from ttsplan.execute.timing import given_acceptance, time_request
     device = "cuda" if torch.cuda.is_available() else "cpu"
     task = load_task_profile(LENGTHS)
     rates = given_acceptance(str(ACCEPTANCE), 0.7) if args.draft else None
@@ -82,7 +83,7 @@ def measure(args):
 
 
 def report(args):
-    from ttsplan.measure.profiles import load_device_profile
+    from ttsplan.measure.schema import load_device_profile
     from ttsplan.planning.latency import Decoding, DeviceCosts, predict_request
     rows, devices = [], set()
     for f in args.measurements:
@@ -135,12 +136,13 @@ def budget(args):
     """For each budget (p90), the plan the planner chooses without early stop (random weights cannot vote),
     run on requests whose lengths are drawn from the task profile: how many run over the budget."""
     import torch
-    from ttsplan.measure.profiles import load_task_profile
+    from ttsplan.measure.schema import load_task_profile
     from ttsplan.planning.latency import Decoding, DeviceCosts, Replay, drawn_request
     from ttsplan.planning.optimize import load_profiles, matching_acceptance
     from ttsplan.planning.search import choose, search
     from ttsplan.planning.task_arrays import load_task_arrays
-    from ttsplan.runner import random_models, time_request
+    from ttsplan.engine.loader import random_models
+    from ttsplan.execute.timing import time_request
     device, task = load_profiles(args.device_profile, args.task_profile)
     costs = DeviceCosts.fit(device)
     replay = Replay(costs, load_task_arrays(task, args.task_profile), on_gpu=True)
@@ -200,7 +202,7 @@ def profile_path(args, shape: str) -> Path:
 
 def store_validation(rows, path_of, device: str, date: str) -> None:
     """Each shape's error on plans off the grid, into its device profile: what widens the p90."""
-    from ttsplan.measure.profiles import load_device_profile, save_profile
+    from ttsplan.measure.schema import load_device_profile, save_profile
     for shape in dict.fromkeys(r["shape"] for r in rows):
         path = path_of(shape)
         profile = load_device_profile(path)

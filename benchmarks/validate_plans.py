@@ -42,7 +42,8 @@ def cpu_plans():
 
 def run_plan(plan: Plan, problems) -> list[dict]:
     """The plan's result rows on the problems, from the results file where an earlier run left them."""
-    from ttsplan.runner import load_solver, load_results, run_dataset, run_key
+    from ttsplan.execute.results import load_results, run_dataset, run_key
+    from ttsplan.execute.runner import load_solver
     out = RESULTS / "cpu_validation" / f"{plan.model}-{run_key(plan)}.jsonl"
     if set(load_results(out)) >= {p.id for p in problems}:
         return run_dataset(None, problems, out, plan.dataset)

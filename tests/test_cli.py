@@ -1,15 +1,11 @@
 """`ttsplan run` end to end on a real model: tables printed, dataset runs resume."""
 import json
-import os
-import subprocess
-import sys
+
+from conftest import run_cli
 
 
 def ttsplan(*args):
-    proc = subprocess.run([sys.executable, "-m", "ttsplan", *args], capture_output=True, text=True,
-                          env={**os.environ, "COLUMNS": "200"}, timeout=900)
-    assert proc.returncode == 0, proc.stderr
-    return proc.stdout
+    return run_cli(*args, check=True).stdout
 
 
 def test_question_prints_answer_votes_and_latency(smollm2_dir):

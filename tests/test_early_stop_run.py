@@ -3,12 +3,13 @@ fewer tokens, and branches identical up to where they were stopped."""
 import pytest
 
 from ttsplan.planning.plan import Plan
-from ttsplan.runner import load_engine, solve
+from ttsplan.engine.loader import load_model
+from ttsplan.execute.runner import solve
 
 
 @pytest.fixture(scope="module")
 def engine(smollm2_dir):
-    return load_engine(str(smollm2_dir))
+    return load_model(str(smollm2_dir))
 
 
 @pytest.mark.parametrize("seed", [1, 2])

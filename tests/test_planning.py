@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from ttsplan.errors import TTSPlanError
-from ttsplan.measure.profiles import BatchCost, StepCost
+from ttsplan.measure.schema import BatchCost, StepCost
 from ttsplan.planning.accuracy import AccuracyTable, per_problem_accuracy
 from ttsplan.planning.cost_model import BatchTable, CompactionModel, PrefillModel, StepModel
 from ttsplan.planning.latency import Decoding, DeviceCosts, Replay, SHRINK, bucket, round_graphs, rounds_needed
@@ -79,7 +79,7 @@ def test_cost_model_interpolates_between_levels_it_never_saw():
 
 
 def test_prefill_and_batch_tables():
-    from ttsplan.measure.profiles import PrefillCost
+    from ttsplan.measure.schema import PrefillCost
     pre = PrefillModel.fit([PrefillCost(p, 5 + 0.01 * p + 1e-6 * p * p) for p in (128, 512, 2048, 8192)])
     assert pre.predict(1024) == pytest.approx(5 + 10.24 + 1.048576, rel=1e-3)
     table = BatchTable.build([BatchCost(1, 0, 1.0), BatchCost(4, 0, 3.0)])

@@ -15,8 +15,9 @@ import pytest
 import torch
 import yaml
 
+from conftest import run_cli
 from ttsplan.errors import TTSPlanError
-from ttsplan.measure.profiles import load_device_profile, load_task_profile
+from ttsplan.measure.schema import load_device_profile, load_task_profile
 from ttsplan.measure.samples import load_store
 from ttsplan.measure.step_cost import default_grid, measured_keys, plan_tasks
 
@@ -24,11 +25,7 @@ SMALL = ["--quick", "--branches", "1,4,8", "--max-new-tokens", "48"]
 
 
 def ttsplan(*args, check=True, timeout=900):
-    proc = subprocess.run([sys.executable, "-m", "ttsplan", *map(str, args)], capture_output=True, text=True,
-                          env={**os.environ, "COLUMNS": "200"}, timeout=timeout)
-    if check:
-        assert proc.returncode == 0, proc.stderr
-    return proc
+    return run_cli(*args, check=check, timeout=timeout)
 
 
 def one_line_error(proc, *words):

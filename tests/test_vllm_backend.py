@@ -4,18 +4,20 @@ configuration `optimize --emit vllm` writes is what vLLM accepts, and the vLLM p
 Each engine starts once per module (30-60 s on this CPU)."""
 import gc
 import os
-import subprocess
-import sys
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import yaml
 
-from ttsplan.backends.vllm import VllmEngine, engine_args, start_llm, vllm_config
+from conftest import run_cli
+from ttsplan.backends.vllm import start_llm
 from ttsplan.planning.optimize import optimize
 from ttsplan.planning.plan import Plan
-from ttsplan.runner import encode, load_engine, solve, solve_vllm
+from ttsplan.datasets import prompt_ids
+from ttsplan.engine.loader import load_model
+from ttsplan.execute.runner import VllmEngine, solve, solve_vllm
+from ttsplan.planning.vllm_config import plan_engine_args, vllm_config
 
 QUESTION = "Tom has 3 apples and buys 4 more. How many apples does he have?"
 PROFILES = Path(__file__).resolve().parent.parent / "profiles"
@@ -24,8 +26,7 @@ PAIR_TASK = PROFILES / "tasks" / "qwen2.5-coder-1.5b-gsm8k-cpu-2t" / "task.yaml"
 
 
 def ttsplan(*args, env=None):
-    proc = subprocess.run([sys.executable, "-m", "ttsplan", *args], capture_output=True, text=True,
-                          env={**os.environ, **(env or {})}, timeout=900)
+    proc = run_cli(*args, env=env)
     return proc.returncode, proc.stdout, proc.stderr.strip()
 
 
@@ -33,8 +34,8 @@ def ttsplan(*args, env=None):
 def smollm2_vllm(smollm2_dir):
     from transformers import AutoTokenizer
     plan = Plan(model=str(smollm2_dir), branches=4, max_new_tokens=48)
-    llm = start_llm(engine_args(plan, smollm2_dir, max_model_len=1024))
-    yield VllmEngine(plan.model, smollm2_dir, llm, AutoTokenizer.from_pretrained(smollm2_dir))
+    llm = start_llm(plan_engine_args(plan, smollm2_dir, None, "cpu", max_model_len=1024))
+    yield VllmEngine(plan.model, llm, AutoTokenizer.from_pretrained(smollm2_dir))
     del llm
     gc.collect()
 
@@ -58,7 +59,7 @@ def test_plan_with_four_branches_runs_and_votes(smollm2_vllm, smollm2_dir):
 
 def test_greedy_equals_the_relay_engine(smollm2_vllm, smollm2_dir):
     plan = Plan(model=str(smollm2_dir), branches=1, max_new_tokens=40, temperature=0.0)
-    relay = solve(load_engine(str(smollm2_dir)), QUESTION, plan)
+    relay = solve(load_model(str(smollm2_dir)), QUESTION, plan)
     through_vllm = solve_vllm(smollm2_vllm, QUESTION, plan)
     assert through_vllm.branches[0].tokens == relay.branches[0].tokens
     assert through_vllm.answer == relay.answer
@@ -82,7 +83,7 @@ def test_draft_plan_on_the_qwen_pair_runs(qwen05_dir, qwen15_dir):
     starts vLLM; greedy through it equals the 1.5B alone on the relay engine."""
     from transformers import AutoTokenizer
     greedy = Plan(model="qwen2.5-coder-1.5b", branches=1, max_new_tokens=24, temperature=0.0)
-    relay = load_engine("qwen2.5-coder-1.5b")
+    relay = load_model("qwen2.5-coder-1.5b")
     expected = solve(relay, QUESTION, greedy).branches[0].tokens
     del relay
     gc.collect()
@@ -93,12 +94,12 @@ def test_draft_plan_on_the_qwen_pair_runs(qwen05_dir, qwen15_dir):
     schedule = spec["num_speculative_tokens_per_batch_size"]
     assert spec["method"] == "draft_model" and schedule[0][0] == 1 and schedule[-1][1] == 2  # batches 1..N
     llm = start_llm({**config["engine"], "max_model_len": 1024})
-    engine = VllmEngine(opt.plan.model, qwen15_dir, llm, AutoTokenizer.from_pretrained(qwen15_dir))
+    engine = VllmEngine(opt.plan.model, llm, AutoTokenizer.from_pretrained(qwen15_dir))
     sampled = solve_vllm(engine, QUESTION, opt.plan)
     assert len(sampled.branches) == 2 and all(b.tokens for b in sampled.branches)
     assert solve_vllm(engine, QUESTION, replace(greedy, draft=opt.plan.draft, draft_len=4)).branches[0].tokens \
         == expected
-    assert len(encode(engine, QUESTION)) > 10
+    assert len(prompt_ids(engine.tokenizer, QUESTION)) > 10
 
 
 def test_without_vllm_one_line_says_what_to_install(tmp_path):
@@ -114,7 +115,7 @@ def test_profile_through_vllm(tmp_path):
     """`profile --backend vllm --quick --draft`: decode steps and speculative rounds timed from outside
     vLLM's loop, a profile that loads and fits, whose replayed round is the round vLLM ran; a second run
     resumes with nothing left to measure."""
-    from ttsplan.measure.profiles import load_device_profile
+    from ttsplan.measure.schema import load_device_profile
     from ttsplan.planning.latency import DeviceCosts, speculative_round_ms
     args = ("profile", "--backend", "vllm", "--model", "smollm2-135m", "--draft", "smollm2-135m", "--quick",
             "--out-dir", str(tmp_path))

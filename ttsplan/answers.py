@@ -16,6 +16,9 @@ import re
 from dataclasses import dataclass
 from fractions import Fraction
 
+from math_verify import parse, verify
+from sympy import Basic, preorder_traversal
+
 TASKS = ("gsm8k", "math")  # answer kinds (datasets.answer_kind): GSM8K numbers, MATH LaTeX
 BOX_COMMANDS = ("\\boxed", "\\fbox")
 PLAIN_NUMBER = re.compile(r"-?(?:\d+(?:\.\d*)?|\.\d+)")
@@ -69,7 +72,6 @@ def extract_answer(text: str, task: str, finished: bool = True) -> str | None:
 
 
 def _math_verify_parse(text: str, wrap: bool = True):
-    from math_verify import parse
     try:
         return parse(f"${text}$" if wrap else text)
     except Exception:  # math-verify raises on some malformed LaTeX: not an answer
@@ -119,7 +121,6 @@ def huge(parsed) -> bool:
     """Whether comparing this parsed answer could build an astronomically large number: a power whose
     exponent is a number beyond HUGE_EXPONENT (2^{100 \\cdot 2^{99}}, 10^{10^{10}}).  math-verify's
     timeout cannot interrupt Python's big-integer arithmetic, so such answers are compared as written."""
-    from sympy import Basic, preorder_traversal
     for expr in parsed:
         if isinstance(expr, Basic):
             for node in preorder_traversal(expr):
@@ -140,7 +141,6 @@ def same_answer(a, b, task: str) -> bool:
         return a == b
     if huge(a) or huge(b):
         return a[-1] == b[-1]  # as written
-    from math_verify import verify
     try:
         return verify(a, b) or verify(b, a)
     except Exception:

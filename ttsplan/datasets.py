@@ -14,7 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from ttsplan.answers import stated_answers
-from ttsplan.assets import DATASETS, dataset_file
+from ttsplan.assets import dataset_file
+from ttsplan.registry import DATASETS
 from ttsplan.errors import TTSPlanError
 
 TRAIN_ORDER_SEED = 0

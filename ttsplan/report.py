@@ -1,16 +1,21 @@
-"""What the CLI prints: rich tables of profiles, plans and runs, the Pareto frontier as a terminal chart
-and as a PNG."""
+"""What `profile show` and `optimize` print: rich tables of profiles and plans, the Pareto frontier as a
+terminal chart and as a PNG (what `run` prints: run_report)."""
 from pathlib import Path
 
 import numpy as np
+from matplotlib.figure import Figure
 from rich.table import Table
 
 from ttsplan.engine.config import ModelConfig
-from ttsplan.planning.selection import Z95, prediction_interval, quantile_interval
+from ttsplan.measure.schema import DEVICE_SCHEMA, load_device_profile, load_task_profile
+from ttsplan.planning.accuracy import AccuracyTable
+from ttsplan.planning.latency import DeviceCosts
+from ttsplan.planning.search import best_plans, with_binds
+from ttsplan.planning.task_arrays import load_task_arrays
 from ttsplan.voting import VOTE_RULES
 
 
-def _table(title: str, columns, caption: str | None = None) -> Table:
+def table_of(title: str, columns, caption: str | None = None) -> Table:
     table = Table(title=title, caption=caption)
     for i, col in enumerate(columns):
         table.add_column(col, justify="left" if i == 0 else "right")
@@ -19,11 +24,21 @@ def _table(title: str, columns, caption: str | None = None) -> Table:
 
 # --- device profile ------------------------------------------------------------------------------
 
+def profile_tables(path: Path) -> list[Table]:
+    """`profile show`: a device profile with its fitted cost model, or a task profile's accuracy tables."""
+    if path.is_file() and f"schema: {DEVICE_SCHEMA}" in path.read_text(errors="replace"):
+        profile = load_device_profile(path)
+        return device_tables(profile, DeviceCosts.fit(profile))
+    profile = load_task_profile(path)
+    arrays = load_task_arrays(profile, path)
+    return task_tables(profile, AccuracyTable(arrays, VOTE_RULES, [arrays.max_new_tokens]), arrays)
+
+
 def device_tables(profile, costs) -> list[Table]:
     prompt, own = profile.grid["core"]
     qs = sorted({s.q for s in profile.steps})
     at_core = {(s.b, s.q): s for s in profile.steps if (s.prompt, s.own) == (prompt, own)}
-    steps = _table(f"decode step ms (median, p10-p90) at prompt {prompt}, own {own}: {profile.model.name} "
+    steps = table_of(f"decode step ms (median, p10-p90) at prompt {prompt}, own {own}: {profile.model.name} "
                    f"{profile.dtype} on {profile.device['name']}, {profile.backend}",
                    ["branches b"] + [f"q={q}" for q in qs],
                    caption="q = 1: a decode step with sampling; q = k + 1: verifying k drafts per branch"
@@ -31,12 +46,12 @@ def device_tables(profile, costs) -> list[Table]:
     for b in sorted({b for b, _ in at_core}):
         steps.add_row(str(b), *[f"{at_core[(b, q)].ms:.2f} ({at_core[(b, q)].p10_ms:.2f}-{at_core[(b, q)].p90_ms:.2f})"
                                 if (b, q) in at_core else "-" for q in qs])
-    sweep = _table("decode step ms over prompt and own tokens", ["b", "q", "prompt", "own", "ms", "model ms"])
+    sweep = table_of("decode step ms over prompt and own tokens", ["b", "q", "prompt", "own", "ms", "model ms"])
     for s in sorted(profile.steps, key=lambda s: (s.b, s.q, s.prompt, s.own)):
         if (s.prompt, s.own) != (prompt, own):
             sweep.add_row(str(s.b), str(s.q), str(s.prompt), str(s.own), f"{s.ms:.2f}",
                           f"{float(costs.target.predict(s.b, s.q, s.prompt, s.own)):.2f}")
-    other = _table("prefill, graph capture and loop overhead", ["what", "at", "ms"])
+    other = table_of("prefill, graph capture and loop overhead", ["what", "at", "ms"])
     for p in profile.prefill:
         other.add_row("prefill", f"prompt {p.prompt}", f"{p.ms:.2f}")
     for c in profile.capture:
@@ -47,7 +62,7 @@ def device_tables(profile, costs) -> list[Table]:
         other.add_row("compaction", f"b={c.b}, {c.moved} rows of {c.upto} tokens moved", f"{c.ms:.3f}")
     tables = [steps, sweep, other]
     if profile.draft:
-        draft = _table(f"draft {profile.draft.model.name}: step and round costs", ["what", "at", "ms"])
+        draft = table_of(f"draft {profile.draft.model.name}: step and round costs", ["what", "at", "ms"])
         for s in sorted(profile.draft.steps, key=lambda s: (s.b, s.prompt, s.own)):
             draft.add_row("draft step", f"b={s.b}, prompt {s.prompt}, own {s.own}", f"{s.ms:.2f}")
         for p in profile.draft.prefill:
@@ -62,7 +77,7 @@ def device_tables(profile, costs) -> list[Table]:
 def fit_table(costs, profile) -> Table:
     """The step-cost interpolant: its error where it must interpolate (whole b levels left out), the
     per-thousand-token costs behind it, and the latency model's error on plans off the grid."""
-    table = _table("step-cost model (interpolated between measured levels)",
+    table = table_of("step-cost model (interpolated between measured levels)",
                    ["model", "points", "b levels left out", "held-out error", "held-out max",
                     "base ms at b = 1 / max", "ms per 1k own KV tokens", "own KV GB/s"])
     width = 4 if profile.dtype == "float32" else 2
@@ -97,7 +112,7 @@ def sampled_on_line(on: dict) -> str:
 def task_tables(profile, accuracy, task) -> list[Table]:
     cap = task.max_new_tokens
     sizes = [n for n in (1, 2, 4, 8, 16, 32, 64) if n <= profile.n_max]
-    acc = _table(f"accuracy (95% interval) on {profile.limit} {profile.dataset} problems: {profile.model.name}, "
+    acc = table_of(f"accuracy (95% interval) on {profile.limit} {profile.dataset} problems: {profile.model.name}, "
                  f"T={profile.sampling['temperature']}",
                  ["vote rule"] + [f"N={n}" for n in sizes],
                  caption=f"{profile.limit} problems x {profile.n_max} sampled branches; subsampled, not extrapolated"
@@ -108,7 +123,7 @@ def task_tables(profile, accuracy, task) -> list[Table]:
             e = accuracy.estimate(rule, cap, n)
             cells.append(f"{e.accuracy:.1%} ({e.low:.0%}-{e.high:.0%})")
         acc.add_row(rule, *cells)
-    lengths = _table("branch lengths (tokens)", ["p50", "p75", "p90", "p99", "max", "cut off at the limit",
+    lengths = table_of("branch lengths (tokens)", ["p50", "p75", "p90", "p99", "max", "cut off at the limit",
                                                  "with no answer"])
     flat = task.lengths.ravel()
     finish = [b.finish for p in profile.problems for b in p.branches]
@@ -119,7 +134,7 @@ def task_tables(profile, accuracy, task) -> list[Table]:
     tables = [acc, lengths]
     if profile.acceptance:
         k = max(len(a.per_position) for a in profile.acceptance)
-        table = _table("draft acceptance per position (given the earlier drafts were accepted)",
+        table = table_of("draft acceptance per position (given the earlier drafts were accepted)",
                        ["draft", "temperature"] + [str(i + 1) for i in range(k)] + ["prompts"])
         for a in profile.acceptance:
             table.add_row(a.draft.name, f"{a.temperature:g}", *[f"{x:.2f}" for x in a.per_position], str(a.prompts))
@@ -143,7 +158,7 @@ def selection_row(sel, binds: str = "") -> list[str]:
 
 
 def selections_table(title: str, rows, problems: int) -> Table:
-    table = _table(title, ["plan", "accuracy, corrected (95% CI)", "as estimated (optimism)", "mean s", "p90 s",
+    table = table_of(title, ["plan", "accuracy, corrected (95% CI)", "as estimated (optimism)", "mean s", "p90 s",
                            "tokens", "what binds"],
                    caption=f"each plan's accuracy on the {problems} calibration problems less the optimism of "
                            "choosing it (a bootstrap of the whole selection)")
@@ -156,10 +171,34 @@ PLAN_COLUMNS = ["plan", "accuracy (95% CI)", "mean s", "p90 s", "tokens", "what 
 
 
 def plans_table(title: str, rows) -> Table:
-    table = _table(title, PLAN_COLUMNS)
+    table = table_of(title, PLAN_COLUMNS)
     for name, cells in rows:
         table.add_row(*([f"{name}: {cells[0]}" if name else cells[0]] + cells[1:]))
     return table
+
+
+def optimize_report(opt, budget_s: float | None, target_accuracy: float | None, top: int, elapsed_s: float) -> list:
+    """What `ttsplan optimize` prints before the plan: the best plans, the chosen plan beside the seed
+    paper's baselines, the edges of what the profile measured, and the frontier."""
+    res, stat = opt.result, opt.result.stat
+    acc = opt.acceptance.per_position if opt.acceptance else None
+    goal = f"{stat} latency <= {budget_s:g} s" if budget_s is not None else f"accuracy >= {target_accuracy:.1%}"
+    rows = [("", plan_row(c, res, with_binds(opt.replay, c, acc).binds))
+            for c in best_plans(res, budget_s, target_accuracy, top)]
+    out = [plans_table(f"best plans, {goal}: {opt.task.model.name} on {opt.device.device['name']} "
+                       f"({len(res.candidates)} plans scored in {elapsed_s:.2f} s)", rows)]
+    base = [("chosen", selection_row(opt.selection, opt.chosen.binds))]
+    base += [(name, selection_row(sel, with_binds(opt.replay, sel.chosen, acc).binds))
+             for name, sel in opt.baselines.items() if sel is not None]
+    out.append(selections_table("the chosen plan beside the plans the seed paper argues against", base,
+                                opt.selection.problems))
+    out += [f"[yellow]edge:[/] {line}" for line in opt.edges]
+    missing = [name for name, sel in opt.baselines.items() if sel is None]
+    if missing:
+        why = "the task profile measured no acceptance for this draft" if acc is None else goal
+        out.append(f"no plan of kind {', '.join(missing)} fits ({why})")
+    out.append(frontier_chart(res.frontier(), stat, opt.chosen))
+    return out
 
 
 def frontier_chart(frontier, stat: str, chosen, width: int = 64, height: int = 14) -> str:
@@ -184,11 +223,9 @@ def frontier_chart(frontier, stat: str, chosen, width: int = 64, height: int = 1
 
 
 def plot_frontier(result, chosen, baselines: dict, path: Path, title: str) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     stat = result.stat
-    fig, ax = plt.subplots(figsize=(8, 5))
+    fig = Figure(figsize=(8, 5))
+    ax = fig.subplots()
     ax.scatter([c.latency(stat) for c in result.candidates], [c.accuracy for c in result.candidates], s=4,
                color="0.8", label=f"all {len(result.candidates)} plans")
     front = result.frontier()
@@ -205,25 +242,3 @@ def plot_frontier(result, chosen, baselines: dict, path: Path, title: str) -> No
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-def run_summary_table(rows: list[dict], plan, predicted: dict | None) -> Table:
-    """A dataset run against its plan's prediction: accuracy with its 95% interval (measured: over these
-    problems; predicted: the plan's corrected estimate, widened by this many problems' own noise), and
-    p50 / p90 latency (measured, with a bootstrap interval) against the predicted mean and p90."""
-    n = len(rows)
-    correct = np.array([float(r["correct"]) for r in rows])
-    lat = np.array([r["latency_s"] for r in rows])
-    acc, se = correct.mean(), correct.std(ddof=1) / np.sqrt(n) if n > 1 else float("nan")
-    table = _table(f"{plan.dataset}, {n} problems: measured against predicted", ["", "accuracy (95%)", "p50 s",
-                                                                                 "p90 s (95%)", "budget"])
-    lo90, hi90 = quantile_interval(lat, 0.9)
-    table.add_row("measured", f"{acc:.1%} ({max(acc - Z95 * se, 0):.0%}-{min(acc + Z95 * se, 1):.0%})",
-                  f"{np.median(lat):.2f}", f"{np.quantile(lat, 0.9):.2f} ({lo90:.2f}-{hi90:.2f})", "")
-    if predicted:
-        lo, hi = prediction_interval(predicted["accuracy"], *predicted["interval"], n)
-        budget = predicted.get("budget_s")
-        table.add_row("predicted", f"{predicted['accuracy']:.1%} ({lo:.0%}-{hi:.0%})", f"mean {predicted['mean_s']:.2f}",
-                      f"{predicted['p90_s']:.2f}", f"{budget:g} s" if budget else "")
-    return table

@@ -19,6 +19,7 @@ import numpy as np
 
 VOTE_RULES = ("majority", "mean-logprob", "min-window", "deepconf")
 WINDOW = 16
+CONFIDENCE_TOP_K = 20  # DeepConf's k: a token's confidence averages its top-20 log-probabilities
 
 
 def weights_by_length(logprobs, confidences, rule: str, window: int = WINDOW) -> np.ndarray:
@@ -50,14 +51,27 @@ def branch_weight(logprobs, confidences, rule: str, window: int = WINDOW) -> flo
     return float(w[-1]) if len(w) else 0.0
 
 
+def weight_bounds(rule: str, weight_now, tokens, window: int = WINDOW) -> np.ndarray:
+    """The most weight unfinished branches can end with, given the weight of the tokens they hold so
+    far (weights_by_length at their length) and how many they hold: 1 for majority and mean-logprob
+    (a geometric-mean probability is at most 1); for the lowest-window rules the lowest window so far
+    (a longer branch only adds windows), once a branch has a whole window, and no bound before.
+    Vectorized over branches: the executor's early stop and the planner's replay of it both call this."""
+    tokens = np.asarray(tokens)
+    if unit_bounded(rule):
+        return np.ones(tokens.shape)
+    return np.where(tokens >= window, weight_now, np.inf)
+
+
+def unit_bounded(rule: str) -> bool:
+    """Whether every branch's weight under the rule is at most 1 whatever its tokens."""
+    return rule in ("majority", "mean-logprob")
+
+
 def weight_bound(weights_so_far: np.ndarray, rule: str, window: int = WINDOW) -> float:
-    """The most weight an unfinished branch can end with, given weights_by_length of the tokens it has
-    so far: 1 for majority and mean-logprob (a geometric-mean probability is at most 1); for the
-    lowest-window rules the lowest window so far (a longer branch only adds windows), once it has a
-    whole window, and no bound before."""
-    if rule in ("majority", "mean-logprob"):
-        return 1.0
-    return float(weights_so_far[-1]) if len(weights_so_far) >= window else float("inf")
+    """weight_bounds of one branch from its weights_by_length so far."""
+    now = weights_so_far[-1] if len(weights_so_far) else np.inf
+    return float(weight_bounds(rule, now, len(weights_so_far), window))
 
 
 def decided(tally_weights: list[float], pending_bounds: list[float]) -> bool:

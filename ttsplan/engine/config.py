@@ -10,6 +10,13 @@ SUPPORTED = ("llama", "qwen2", "mistral")
 
 
 SHIPPED = Path(__file__).parent.parent / "configs"
+DTYPES = {"cpu": "float32", "cuda": "bfloat16"}  # the one place the dtype per device is chosen
+
+
+def dtype_name(device_type: str) -> str:
+    """float32 on the CPU (bf16 matmuls are slow without AVX-512), bfloat16 on a GPU: for the relay
+    engine, vLLM and the profiles alike."""
+    return DTYPES.get(device_type, "bfloat16")
 
 
 def config_path(name_or_path: str) -> Path:

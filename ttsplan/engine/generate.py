@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ttsplan.engine.config import ModelConfig
+from ttsplan.engine.cuda_graphs import GraphDecoder
 from ttsplan.engine.kv_cache import KVCache
 from ttsplan.engine.model import Transformer, in_vocab
 from ttsplan.engine.sampling import SamplingParams, sample, uniforms
@@ -64,7 +65,6 @@ def decoder(model: Transformer, cache: KVCache, n: int, params: SamplingParams, 
     """One decode step and sampling for the live rows, (tokens [B, 1], u [B]) -> (next tokens [B],
     log-probs [B], confidences [B]): graph replay on a GPU."""
     if cuda_graphs and model.device.type == "cuda":
-        from ttsplan.engine.cuda_graphs import GraphDecoder
         return GraphDecoder(model, cache, n, params)
     return lambda tokens, u: sample(model.decode(tokens, cache)[:, -1], params, u)
 

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
-from ttsplan.engine.config import ModelConfig
+from ttsplan.engine.config import ModelConfig, dtype_name
 from ttsplan.engine.kv_cache import KVCache
 from ttsplan.errors import TTSPlanError
 from ttsplan.kernels import add_rms_norm, relay_attention, rope_and_store, silu_mul
@@ -83,8 +83,8 @@ def in_vocab(tokens: torch.Tensor, model: "Transformer") -> torch.Tensor:
 
 
 def default_dtype(device: str | torch.device) -> torch.dtype:
-    """float32 on the CPU (bf16 matmuls are slow without AVX-512), bfloat16 on a GPU."""
-    return torch.float32 if torch.device(device).type == "cpu" else torch.bfloat16
+    """The torch dtype of engine.config.dtype_name for the device."""
+    return getattr(torch, dtype_name(torch.device(device).type))
 
 
 class Transformer:

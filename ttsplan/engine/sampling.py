@@ -10,8 +10,8 @@ from dataclasses import dataclass
 import torch
 
 from ttsplan.errors import TTSPlanError
+from ttsplan.voting import CONFIDENCE_TOP_K
 
-CONFIDENCE_TOP_K = 20  # DeepConf's k: the token confidence averages the top-20 log-probabilities
 
 
 @dataclass(frozen=True)
@@ -80,7 +80,7 @@ def float32(x: float) -> float:
 
 def nucleus_sort_free(probs: torch.Tensor, top_p: float) -> torch.Tensor:
     """nucleus() through the threshold kernel (a GPU, or the Triton interpreter)."""
-    from ttsplan.kernels.sampling_triton import top_p_threshold
+    from ttsplan.kernels.sampling_triton import top_p_threshold  # optional: Triton is an extra
     kept = probs.masked_fill(probs < top_p_threshold(probs, top_p).unsqueeze(-1), 0.0)
     return kept / kept.sum(-1, keepdim=True)
 
@@ -102,7 +102,7 @@ def sample(logits: torch.Tensor, params: SamplingParams, u: torch.Tensor):
     token confidences [B]).  On a GPU, top-p sampling without top-k runs in the fused kernel
     (kernels/sampling_triton.py: the probabilities are never written); elsewhere token_probs and draw."""
     if logits.is_cuda and params.temperature > 0 and params.top_k == 0 and params.top_p < 1:
-        from ttsplan.kernels.sampling_triton import sample_top_p
+        from ttsplan.kernels.sampling_triton import sample_top_p  # optional: Triton is an extra
         tokens = sample_top_p(logits.float(), params.temperature, float32(params.top_p), u)
     else:
         tokens = draw(token_probs(logits, params), u)

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ttsplan.engine.cuda_graphs import GraphRound
 from ttsplan.engine.generate import Branch, GenerationStats, Request, check_request, decode_clock, select_rows, \
     start_request, step_bytes
 from ttsplan.engine.kv_cache import KVCache
@@ -187,7 +188,6 @@ def rounder(target: Transformer, draft: Transformer, t_cache: KVCache, d_cache: 
     def round_fn(feed, u, static=False):
         return speculative_round(target, draft, t_cache, d_cache, feed, k, params, draft_params, u, rates, static)
     if cuda_graphs and target.device.type == "cuda":
-        from ttsplan.engine.cuda_graphs import GraphRound
         return GraphRound(round_fn, t_cache, d_cache, n, k)
     return round_fn
 

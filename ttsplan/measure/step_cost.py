@@ -24,14 +24,15 @@ from dataclasses import dataclass
 
 import torch
 
+from ttsplan.engine.cuda_graphs import GraphRound, GraphSet
 from ttsplan.engine.generate import decoder, generate
 from ttsplan.engine.kv_cache import KVCache, free_memory_bytes, kv_cache_bytes
 from ttsplan.engine.model import Transformer
 from ttsplan.engine.sampling import SamplingParams, token_probs
-from ttsplan.engine.speculative import draft_step, generate_speculative, verify
+from ttsplan.engine.speculative import draft_step, generate_speculative, speculative_round, verify
 from ttsplan.errors import TTSPlanError
 from ttsplan.hardware import synchronize
-from ttsplan.measure.profiles import BatchCost, CompactCost, PrefillCost, StepCost
+from ttsplan.measure.schema import BatchCost, CompactCost, PrefillCost, StepCost, save_profile
 
 TIMING_PARAMS = SamplingParams(temperature=0.7, top_p=0.95)
 
@@ -117,7 +118,6 @@ def replayed(step, caches: list[KVCache]):
     """step(static) as the engine runs it inside a round: replayed from a CUDA graph on a GPU."""
     if not caches[0].lens.is_cuda:
         return step
-    from ttsplan.engine.cuda_graphs import GraphSet
     graphs = GraphSet(caches)
     graphs.capture(0, lambda: step(static=True))
     return lambda: graphs.replay(0, None)
@@ -230,8 +230,6 @@ def round_capture_point(target: Transformer, draft: Transformer, t_caches: Promp
                         b: int, k: int, prompt: int, own: int) -> BatchCost:
     """Seconds GraphRound spends capturing one round graph at batch b and draft length k (the second of
     two captures: the first also compiles)."""
-    from ttsplan.engine.cuda_graphs import GraphRound
-    from ttsplan.engine.speculative import speculative_round
     dev = target.device
     for _ in range(2):
         t_cache, d_cache = t_caches.cache(prompt, b, own, k + 1), d_caches.cache(prompt, b, own, k + 1)
@@ -340,7 +338,6 @@ def measure_device(profile, out, model: Transformer, prompt_ids: list[int], grid
                    draft: Transformer | None = None, on_task=None):
     """Measure every task of the grid that the profile (new, or loaded from `out`) does not hold yet,
     saving it atomically after each one; returns the profile.  on_task(task, done, total) reports."""
-    from ttsplan.measure.profiles import save_profile
     dev = model.device
     repeats, budget = REPEATS[dev.type]
     window = model.cfg.max_position_embeddings

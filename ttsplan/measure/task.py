@@ -17,7 +17,7 @@ from ttsplan.answers import extract_answer, group_answers, parse_answer, same_an
 from ttsplan.datasets import answer_kind
 from ttsplan.engine.sampling import SamplingParams
 from ttsplan.engine.speculative import generate_speculative
-from ttsplan.measure.profiles import Acceptance, BranchSample, ModelInfo, ProblemSamples, TaskProfile, \
+from ttsplan.measure.schema import Acceptance, BranchSample, ModelInfo, ProblemSamples, TaskProfile, \
     software_versions, today
 from ttsplan.measure.samples import SampleStore, store_sha256
 from ttsplan.voting import vote

@@ -18,7 +18,8 @@ target's verification point at q = k + 1 (round less k draft steps), with no rou
 import statistics
 import time
 
-from ttsplan.measure.profiles import BatchCost, DraftCosts, PrefillCost, StepCost, save_profile
+from ttsplan.backends.vllm import start_llm
+from ttsplan.measure.schema import BatchCost, DraftCosts, PrefillCost, StepCost, save_profile
 from ttsplan.measure.step_cost import Grid
 
 # query: 1, and k + 1 for each draft length k measured when a draft is given (at the core point)
@@ -43,7 +44,7 @@ def engine_steps(llm) -> int:
 
 def request_cost(llm, prompt: list[int], b: int, tokens: int) -> tuple[float, int]:
     """(seconds, engine steps) of one request of b branches generating `tokens` tokens, EOS ignored."""
-    from vllm import SamplingParams
+    from vllm import SamplingParams  # optional: only --backend vllm needs vLLM
     from vllm.inputs import TokensPrompt
     params = SamplingParams(n=b, temperature=0.7, top_p=0.95, max_tokens=tokens, ignore_eos=True, seed=0)
     steps = engine_steps(llm)
@@ -102,7 +103,6 @@ def measure_phase(profile, out, engine: dict, which: str, k: int, todo, prefills
     target's or the draft's plain steps and prefills (k = 0), or the target's rounds with the draft
     proposing k tokens.  Saves `out` after every point; sends (name, done, total) and then None to
     the progress queue."""
-    from ttsplan.backends.vllm import start_llm
     llm = start_llm(engine)
     on_task = lambda *msg: progress.put(msg)
     costs = profile.draft if which == "draft" else profile

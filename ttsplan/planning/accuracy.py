@@ -16,6 +16,7 @@ from math import comb
 
 import numpy as np
 
+from ttsplan.planning.selection import resample_weights
 from ttsplan.planning.task_arrays import TaskArrays
 
 EXACT_SUBSETS = 12870
@@ -91,8 +92,7 @@ class Estimate:
 
 def bootstrap(per_problem: np.ndarray, seed: int = 0) -> tuple[float, float]:
     """per_problem [P] -> the 2.5th and 97.5th percentiles of the mean over resampled problems."""
-    P = len(per_problem)
-    means = per_problem[np.random.default_rng(seed).integers(0, P, (BOOTSTRAP, P))].mean(-1)
+    means = resample_weights(len(per_problem), BOOTSTRAP, seed) @ per_problem
     return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
 
 

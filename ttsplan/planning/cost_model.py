@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.optimize import nnls
 
-from ttsplan.measure.profiles import BatchCost, CompactCost, PrefillCost, StepCost
+from ttsplan.measure.schema import BatchCost, CompactCost, PrefillCost, StepCost
 
 def plain_below(device_type: str, backend: str) -> float:
     """Prompts shorter than this are read per branch: the relay kernel's threshold on a GPU

@@ -8,15 +8,15 @@ once, how many branches had finished when the vote was decided.
 """
 import numpy as np
 
-from ttsplan.voting import WINDOW
+from ttsplan.voting import unit_bounded, weight_bounds
 
 
 def bounds_at(task, rule: str, p_idx: np.ndarray, branch: np.ndarray, tokens: np.ndarray) -> np.ndarray:
-    """weight_bound of the given branches when they hold `tokens` tokens (vectorized)."""
-    if rule in ("majority", "mean-logprob"):
+    """voting.weight_bounds of the given branches when they hold `tokens` tokens."""
+    if unit_bounded(rule):
         return np.ones(branch.shape)
-    w = task.weights[rule][p_idx, branch, np.minimum(tokens, task.weights[rule].shape[2]) - 1]
-    return np.where(tokens >= WINDOW, w, np.inf)
+    return weight_bounds(rule, task.weights[rule][p_idx, branch, np.minimum(tokens, task.weights[rule].shape[2]) - 1],
+                         tokens)
 
 
 def finished_at_decision(task, draws: np.ndarray, p_idx: np.ndarray, N: int, cap: int, rule: str) -> np.ndarray:
@@ -45,8 +45,8 @@ def finished_at_decision(task, draws: np.ndarray, p_idx: np.ndarray, N: int, cap
         second[active] = np.where(overtakes, top[active], np.where(~is_lead & (v > second[active]), v, second[active]))
         top[active] = np.where(is_lead | overtakes, v, top[active])
         lead[active] = np.where(overtakes, col, lead[active])
-        if rule in ("majority", "mean-logprob"):
-            pending = float(N - m - 1)  # every unfinished branch can add at most 1
+        if unit_bounded(rule):
+            pending = float(N - m - 1)  # every unfinished branch can add at most 1 (bounds_at, summed)
         else:
             pending = bounds_at(task, rule, p_idx[active][:, None], branch[active, m + 1:],
                                 np.broadcast_to(ends[active, m:m + 1], (len(active), N - m - 1))).sum(1)

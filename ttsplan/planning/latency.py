@@ -30,7 +30,7 @@ from functools import lru_cache
 import numpy as np
 from scipy.special import comb
 
-from ttsplan.measure.profiles import DeviceProfile
+from ttsplan.measure.schema import DeviceProfile
 from ttsplan.planning.cost_model import BatchTable, CompactionModel, PrefillModel, StepModel, plain_below
 from ttsplan.planning.early_stop import finished_at_decision
 from ttsplan.planning.task_arrays import TaskArrays

@@ -9,7 +9,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ttsplan.errors import TTSPlanError
-from ttsplan.measure.profiles import Acceptance, DeviceProfile, TaskProfile, load_device_profile, load_task_profile
+from ttsplan.measure.schema import Acceptance, DeviceProfile, TaskProfile, load_device_profile, load_task_profile
 from ttsplan.planning.latency import Decoding, DeviceCosts, Replay
 from ttsplan.planning.plan import Plan
 from ttsplan.planning.search import Candidate, SearchResult, baselines, choose, search, with_binds

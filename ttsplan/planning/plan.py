@@ -11,7 +11,7 @@ from pathlib import Path
 import yaml
 
 from ttsplan.errors import TTSPlanError
-from ttsplan.files import write_atomic
+from ttsplan.files import check_schema, read_yaml, write_atomic
 from ttsplan.voting import VOTE_RULES
 
 PLAN_SCHEMA = "ttsplan.plan/1"
@@ -56,15 +56,8 @@ class Plan:
     @classmethod
     def load(cls, path: Path) -> "Plan":
         path = Path(path)
-        try:
-            data = yaml.safe_load(path.read_text())
-        except OSError as e:
-            raise TTSPlanError(f"{path}: cannot read the plan ({e.strerror})") from e
-        except yaml.YAMLError as e:
-            raise TTSPlanError(f"{path}: not valid YAML (truncated or corrupt?)") from e
-        if not isinstance(data, dict) or data.get("schema") != PLAN_SCHEMA:
-            got = data.get("schema") if isinstance(data, dict) else None
-            raise TTSPlanError(f"{path}: field 'schema' is {got!r}, expected {PLAN_SCHEMA!r}")
+        data = read_yaml(path, "plan")
+        check_schema(data, path, PLAN_SCHEMA, "plan")
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:

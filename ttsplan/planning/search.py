@@ -135,6 +135,18 @@ def choose(result: SearchResult, budget_s: float | None = None, target_accuracy:
     return best_within(result, ok, full_cap(result), z)
 
 
+def best_plans(result: SearchResult, budget_s: float | None, target_accuracy: float | None,
+               top: int) -> list[Candidate]:
+    """The best-plans table: within the budget the most accurate first (ties: the faster); with a
+    target accuracy, of the plans reaching it the fastest first."""
+    stat = result.stat
+    if target_accuracy is not None:
+        ok = [c for c in result.candidates if c.accuracy >= target_accuracy]
+        return sorted(ok, key=lambda c: (c.latency(stat), -c.accuracy))[:top]
+    ok = [c for c in result.candidates if c.latency(stat) <= budget_s]
+    return sorted(ok, key=lambda c: (-c.accuracy, c.latency(stat)))[:top]
+
+
 def baselines(result: SearchResult, chosen: Selection, budget_s: float | None) -> dict[str, Selection | None]:
     """The plans the seed paper argues against, on the same profiles, each corrected for its own choosing:
       compute-optimal     the fewest generated tokens whose estimate reaches the chosen plan's corrected

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from ttsplan.errors import TTSPlanError
-from ttsplan.measure.profiles import TaskProfile
+from ttsplan.measure.schema import TaskProfile
 from ttsplan.measure.samples import load_store, store_sha256
 from ttsplan.voting import VOTE_RULES, weights_by_length
 

