@@ -150,16 +150,23 @@ def profile(
             profile_device(models, dev, replace(grid, branches=branch_axis or grid.branches), out, on_task)
         console.print(f"device profile: {out}")
     if dataset:
-        with progress_bar() as progress:
-            task = progress.add_task(f"{dataset} samples", total=limit)
-            acc = progress.add_task("acceptance", total=None, visible=draft is not None)
-            path, stats = profile_task(models, dataset, offset, limit, n_max, max_new_tokens, temperature, top_p,
-                                       task_profile_dir(out_dir, name, dataset, dev), rows, grade=not samples_only,
-                                       on_problem=lambda p, skipped: progress.advance(task),
-                                       on_prompt=lambda i: progress.advance(acc))
-        if stats:
-            console.print(f"sampled {stats.new_tokens} tokens in {stats.steps} steps, rows {stats.occupancy:.0%} occupied")
-        console.print(f"{'samples' if samples_only else 'task profile'}: {path}")
+        sample_task(models, dataset, offset, limit, n_max, max_new_tokens, temperature, top_p,
+                    task_profile_dir(out_dir, name, dataset, dev), rows, samples_only)
+
+
+def sample_task(models, dataset: str, offset: int, limit: int, n_max: int, max_new_tokens: int, temperature: float,
+                top_p: float, folder: Path, rows, samples_only: bool) -> None:
+    """`profile --dataset`: the accuracy samples (and the draft's acceptance), with progress bars."""
+    with progress_bar() as progress:
+        task = progress.add_task(f"{dataset} samples", total=limit)
+        acc = progress.add_task("acceptance", total=None, visible=models.draft is not None)
+        path, stats = profile_task(models, dataset, offset, limit, n_max, max_new_tokens, temperature, top_p,
+                                   folder, rows, grade=not samples_only,
+                                   on_problem=lambda p, skipped: progress.advance(task),
+                                   on_prompt=lambda i: progress.advance(acc))
+    if stats:
+        console.print(f"sampled {stats.new_tokens} tokens in {stats.steps} steps, rows {stats.occupancy:.0%} occupied")
+    console.print(f"{'samples' if samples_only else 'task profile'}: {path}")
 
 
 @profile_app.command("grade")
@@ -263,34 +270,43 @@ def run(
         draft=draft, draft_len=draft_len if draft else 0, temperature=temperature, top_p=top_p, top_k=top_k,
         seed=seed, dataset=dataset or "gsm8k")
     if random_weights:
-        check_plan_device(plan, device, "relay", force, ModelConfig.shipped(random_weights).shape_hash())
-        with console.status(f"timing random-weight {random_weights} on {device}"):
-            timed = time_plan(plan, random_weights, device, prompt_len, lengths_from, acceptance)
-        console.print(timing_table(timed.stats, timed.latency_s, timed.peak_bandwidth))
-        if timed.spec:
-            console.print(spec_table(timed.spec))
-        return
+        return time_random_weights(plan, random_weights, device, force, prompt_len, lengths_from, acceptance)
     if (question is None) == (dataset is None):
         raise TTSPlanError("give exactly one of --question or --dataset")
     problems = load_problems(dataset, limit, offset) if dataset else None
-    plan = replace(plan, dataset=dataset or plan.dataset)
-    if backend == "vllm" and plan.early_stop:
-        console.print("[yellow]note:[/] vLLM returns a request's branches together: early stop is off on this backend")
-        plan = replace(plan, early_stop=False)
+    plan = plan_for_backend(replace(plan, dataset=dataset or plan.dataset), backend)
     check_plan_device(plan, device, backend, force)
     with console.status(f"loading {plan.model} on {backend}"):
         solver = load_solver(plan, device, backend, tensor_parallel_size=tensor_parallel_size,
                              pipeline_parallel_size=pipeline_parallel_size)
         peak_bw = copy_bandwidth(torch.device(device))
     if question is not None:
-        answer_one(solver, question, plan, peak_bw)
-        return
+        return answer_one(solver, question, plan, peak_bw)
     out = results or default_results_path(plan)
     with progress_bar() as progress:
         task = progress.add_task(dataset, total=len(problems))
         rows = run_dataset(solver, problems, out, plan.dataset, on_problem=lambda p: progress.advance(task))
     console.print(dataset_table(rows, plan), run_summary_table(rows, plan, plan.predicted or None))
     console.print(f"results: {out}")
+
+
+def plan_for_backend(plan: Plan, backend: str) -> Plan:
+    """vLLM returns a request's branches together: early stop is off there, and the user is told."""
+    if backend == "vllm" and plan.early_stop:
+        console.print("[yellow]note:[/] vLLM returns a request's branches together: early stop is off on this backend")
+        return replace(plan, early_stop=False)
+    return plan
+
+
+def time_random_weights(plan: Plan, shape: str, device: str, force: bool, prompt_len: int, lengths_from,
+                        acceptance) -> None:
+    """`run --random-weights`: time the plan on a random-weight shipped shape; no answer."""
+    check_plan_device(plan, device, "relay", force, ModelConfig.shipped(shape).shape_hash())
+    with console.status(f"timing random-weight {shape} on {device}"):
+        timed = time_plan(plan, shape, device, prompt_len, lengths_from, acceptance)
+    console.print(timing_table(timed.stats, timed.latency_s, timed.peak_bandwidth))
+    if timed.spec:
+        console.print(spec_table(timed.spec))
 
 
 def answer_one(solver, question: str, plan: Plan, peak_bw: float) -> None:

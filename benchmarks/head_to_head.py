@@ -46,6 +46,12 @@ TASKS = {  # held-out dataset: device profile, calibration task profile, held-ou
                 "profiles/tasks/qwen2.5-coder-1.5b-math-train-h200/task.yaml",
                 OUT / "heldout" / "qwen2.5-coder-1.5b-math500-h200", (2, 4, 8, 16)),
 }
+CARDS = ("h200", "h100")  # the GPU machine gives either: plans are chosen for each card's device profile
+
+
+def tag(task: str, card: str) -> str:
+    """The plans folder, index and run files of one task on one card (the H200's keep their old names)."""
+    return task if card == "h200" else f"{task}-{card}"
 
 
 def plan_key(plan: Plan) -> str:
@@ -58,10 +64,11 @@ def make_plans(args):
     for task, (device, profile, _, budgets) in TASKS.items():
         if args.task and task != args.task:
             continue
+        device = device.replace("h200", args.card)
         if not Path(profile).exists():
             print(f"{task}: {profile} missing (not graded?): skipped", file=sys.stderr)
             continue
-        index = {"task": task, "device_profile": device, "task_profile": profile, "date": today(), "budgets": []}
+        index = {"task": task, "card": args.card, "device_profile": device, "task_profile": profile, "date": today(), "budgets": []}
         searched = search_profiles(Path(device), Path(profile))
         for budget in budgets:
             opt = plan_for(searched, budget_s=budget)
@@ -71,25 +78,23 @@ def make_plans(args):
                     continue
                 c = sel.chosen
                 plan = replace(opt.plan, branches=c.branches, vote=c.vote, max_new_tokens=c.cap,
-                               early_stop=c.early_stop, draft=opt.plan.draft or (opt.acceptance.draft.name
-                                                                                   if c.draft_len else None),
+                               early_stop=c.early_stop,
+                               draft=(opt.plan.draft or opt.acceptance.draft.name) if c.draft_len else None,
                                draft_len=c.draft_len, dataset=task,
                                predicted={"accuracy": round(sel.accuracy, 4), "interval": [round(sel.low, 4),
                                                                                           round(sel.high, 4)],
                                           "accuracy_naive": round(sel.naive, 4), "mean_s": round(c.mean_s, 4),
                                           "p90_s": round(c.p90_s, 4), "budget_s": budget, "stat": "p90",
                                           "calibration_problems": sel.problems})
-                if not c.draft_len:
-                    plan.draft = None
                 key = plan_key(plan)
-                path = OUT / "plans" / task / f"{key}.yaml"
+                path = OUT / "plans" / tag(task, args.card) / f"{key}.yaml"
                 path.parent.mkdir(parents=True, exist_ok=True)
                 if not path.exists():
                     plan.save(path)
                 entry["plans"][name] = {"plan": key, **plan.predicted}
             index["budgets"].append(entry)
             print(task, budget, {n: p["plan"] for n, p in entry["plans"].items()})
-        (OUT / f"{task}-plans.json").write_text(json.dumps(index, indent=1))
+        (OUT / f"{tag(task, args.card)}-plans.json").write_text(json.dumps(index, indent=1))
 
 
 def run_plans(args):
@@ -98,8 +103,10 @@ def run_plans(args):
     from ttsplan.engine.loader import load_draft, load_model
     from ttsplan.execute.results import run_dataset
     from ttsplan.execute.runner import solve
-    plans = sorted((OUT / "plans" / args.task).glob("*.yaml"))
-    plans = [Plan.load(p) for p in plans]
+    index = json.loads((OUT / f"{tag(args.task, args.card)}-plans.json").read_text())
+    chosen = {b["plans"]["chosen"]["plan"] for b in index["budgets"]}
+    plans = sorted((OUT / "plans" / tag(args.task, args.card)).glob("*.yaml"), key=lambda p: (p.stem not in chosen, p.stem))
+    plans = [Plan.load(p) for p in plans]  # the chosen plans first: device time may run out before the baselines
     problems = load_problems(args.task, args.limit, 0)
     warm_up = load_problems(args.task, 1, args.limit)[0]  # not one of the timed problems
     engine = load_model(plans[0].model, args.device)
@@ -112,7 +119,7 @@ def run_plans(args):
             drafts[plan.draft] = load_draft(engine, plan.draft, args.device)
         solver = partial(solve, engine, plan=plan, draft=drafts.get(plan.draft))
         solver(warm_up.question)  # this plan's shapes compiled and captured once, as in a serving process
-        path = out / f"{args.task}-{plan_key(plan)}.jsonl"
+        path = out / f"{tag(args.task, args.card)}-{plan_key(plan)}.jsonl"
         rows = run_dataset(solver, problems, path, args.task)
         lat = [r["latency_s"] for r in rows]
         print(f"{plan_key(plan)}: {len(rows)} problems, p50 {np.median(lat):.3f} s, p90 {np.quantile(lat, 0.9):.3f} s, "
@@ -139,60 +146,76 @@ def report(args):
     from ttsplan.planning.task_arrays import load_task_arrays
     summary = {"date": today(), "tasks": {}}
     for task, (_, _, heldout, _) in TASKS.items():
-        index_path = OUT / f"{task}-plans.json"
-        if not index_path.exists() or not (heldout / "task.yaml").exists():
-            print(f"{task}: plans or graded held-out samples missing: skipped", file=sys.stderr)
-            continue
-        index = json.loads(index_path.read_text())
-        arrays = load_task_arrays(load_task_profile(heldout / "task.yaml"), heldout / "task.yaml")
-        table = Table(title=f"{task}: the chosen plan against the baselines on {arrays.problems} held-out problems "
-                            f"(qwen2.5-coder-1.5b, H200, bf16; calibrated on the train split; {today()})")
-        for col in ("budget p90", "plan", "", "accuracy measured (95%)", "predicted (95% for this many)",
-                    "in", "runs", "p50 s measured / predicted mean", "p90 s measured (95%) / predicted", "within"):
-            table.add_column(col, justify="right")
-        rows = []
-        for entry in index["budgets"]:
-            chosen_x = None
-            for name, pred in entry["plans"].items():
-                plan = Plan.load(OUT / "plans" / task / f"{pred['plan']}.yaml")
-                x = plan_accuracy_heldout(arrays, plan)
-                chosen_x = x if name == "chosen" else chosen_x
-                acc = float(x.mean())
-                se = float(x.std(ddof=1) / np.sqrt(len(x)))
-                lo, hi = prediction_interval(pred["accuracy"], *pred["interval"], len(x))
-                run_file = Path(args.runs) / f"{task}-{pred['plan']}.jsonl"
-                rerun = Path(args.runs) / f"rerun-{task}-{pred['plan']}.jsonl"  # through `ttsplan run` itself
-                run_file = rerun if rerun.exists() else run_file
-                runs = [json.loads(line) for line in run_file.read_text().splitlines()] if run_file.exists() else []
-                lat = np.array([r["latency_s"] for r in runs])
-                row = {"budget_s": entry["budget_s"], "name": name, "plan": plan.describe(), "accuracy": acc,
-                       "accuracy_low": acc - Z95 * se, "accuracy_high": acc + Z95 * se,
-                       "predicted": pred["accuracy"], "predicted_low": lo, "predicted_high": hi,
-                       "inside": bool(lo <= acc <= hi), "runs": len(runs),
-                       "runs_correct": float(np.mean([r["correct"] for r in runs])) if runs else None,
-                       "p50_s": float(np.median(lat)) if runs else None,
-                       "p90_s": float(np.quantile(lat, 0.9)) if runs else None,
-                       "p90_interval": quantile_interval(lat, 0.9) if runs else None,
-                       "predicted_mean_s": pred["mean_s"], "predicted_p90_s": pred["p90_s"]}
-                if name != "chosen" and chosen_x is not None:
-                    d = chosen_x - x
-                    row["chosen_minus"] = [float(d.mean()), float(d.std(ddof=1) / np.sqrt(len(d)))]
-                rows.append(row)
-                versus = f" (chosen {row['chosen_minus'][0]:+.1%} +- {Z95 * row['chosen_minus'][1]:.1%})" \
-                    if "chosen_minus" in row else ""
-                table.add_row(f"{entry['budget_s']:g} s", name, plan.describe(),
-                              f"{acc:.1%} ({row['accuracy_low']:.0%}-{row['accuracy_high']:.0%}){versus}",
-                              f"{pred['accuracy']:.1%} ({lo:.0%}-{hi:.0%})", "yes" if row["inside"] else "NO",
-                              f"{len(runs)} ({row['runs_correct']:.0%})" if runs else "-",
-                              f"{row['p50_s']:.2f} / {pred['mean_s']:.2f}" if runs else f"- / {pred['mean_s']:.2f}",
-                              (f"{row['p90_s']:.2f} ({row['p90_interval'][0]:.2f}-{row['p90_interval'][1]:.2f})"
-                               f" / {pred['p90_s']:.2f}") if runs else f"- / {pred['p90_s']:.2f}",
-                              "not held to it" if name == "compute-optimal" else
-                              ("yes" if row["p90_s"] <= entry["budget_s"] else "NO") if runs else "-")
-            table.add_section()
-        summary["tasks"][task] = rows
-        emit(table, f"head_to_head_{task}", f"Head-to-head on held-out {task} ({today()})")
+        for card in CARDS:
+            index_path = OUT / f"{tag(task, card)}-plans.json"
+            if not index_path.exists() or not (heldout / "task.yaml").exists():
+                if card == "h200":
+                    print(f"{task}: plans or graded held-out samples missing: skipped", file=sys.stderr)
+                continue
+            arrays = load_task_arrays(load_task_profile(heldout / "task.yaml"), heldout / "task.yaml")
+            summary["tasks"][tag(task, card)] = report_task(task, card, json.loads(index_path.read_text()),
+                                                            arrays, Path(args.runs))
     (OUT / "summary.json").write_text(json.dumps(summary, indent=1))
+
+
+def report_task(task: str, card: str, index: dict, arrays, runs_dir: Path) -> list[dict]:
+    """One table: every plan of every budget, measured accuracy and latency beside the predictions."""
+    name_of = {"h200": "H200", "h100": "H100"}[card]
+    table = Table(title=f"{task}: the chosen plan against the baselines on {arrays.problems} held-out problems "
+                        f"(qwen2.5-coder-1.5b, plans for the {name_of} and run there, bf16; calibrated on the "
+                        f"train split; {today()})")
+    for col in ("budget p90", "plan", "", "accuracy measured (95%)", "predicted (95% for this many)",
+                "in", "runs", "p50 s measured / predicted mean", "p90 s measured (95%) / predicted", "within"):
+        table.add_column(col, justify="right")
+    rows = []
+    for entry in index["budgets"]:
+        chosen_x = None
+        for name, pred in entry["plans"].items():
+            plan = Plan.load(OUT / "plans" / tag(task, card) / f"{pred['plan']}.yaml")
+            x = plan_accuracy_heldout(arrays, plan)
+            chosen_x = x if name == "chosen" else chosen_x
+            row = measured_row(entry["budget_s"], name, plan, pred, x, chosen_x, runs_dir / f"{tag(task, card)}-{pred['plan']}.jsonl")
+            rows.append(row)
+            versus = f" (chosen {row['chosen_minus'][0]:+.1%} +- {Z95 * row['chosen_minus'][1]:.1%})" \
+                if "chosen_minus" in row else ""
+            runs = row["runs"]
+            table.add_row(f"{entry['budget_s']:g} s", name, plan.describe(),
+                          f"{row['accuracy']:.1%} ({row['accuracy_low']:.0%}-{row['accuracy_high']:.0%}){versus}",
+                          f"{pred['accuracy']:.1%} ({row['predicted_low']:.0%}-{row['predicted_high']:.0%})",
+                          "yes" if row["inside"] else "NO",
+                          f"{runs} ({row['runs_correct']:.0%})" if runs else "-",
+                          f"{row['p50_s']:.2f} / {pred['mean_s']:.2f}" if runs else f"- / {pred['mean_s']:.2f}",
+                          (f"{row['p90_s']:.2f} ({row['p90_interval'][0]:.2f}-{row['p90_interval'][1]:.2f})"
+                           f" / {pred['p90_s']:.2f}") if runs else f"- / {pred['p90_s']:.2f}",
+                          "not held to it" if name == "compute-optimal" else
+                          ("yes" if row["p90_s"] <= entry["budget_s"] else "NO") if runs else "-")
+        table.add_section()
+    emit(table, f"head_to_head_{tag(task, card)}", f"Head-to-head on held-out {task}, {name_of} ({today()})")
+    return rows
+
+
+def measured_row(budget_s: float, name: str, plan: Plan, pred: dict, x: np.ndarray, chosen_x, run_file: Path) -> dict:
+    """A plan's held-out accuracy (with its paired difference from the chosen plan) and its runs' latency."""
+    acc = float(x.mean())
+    se = float(x.std(ddof=1) / np.sqrt(len(x)))
+    lo, hi = prediction_interval(pred["accuracy"], *pred["interval"], len(x))
+    rerun = run_file.with_name(f"rerun-{run_file.name}")  # through `ttsplan run` itself
+    run_file = rerun if rerun.exists() else run_file
+    runs = [json.loads(line) for line in run_file.read_text().splitlines()] if run_file.exists() else []
+    lat = np.array([r["latency_s"] for r in runs])
+    row = {"budget_s": budget_s, "name": name, "plan": plan.describe(), "accuracy": acc,
+           "accuracy_low": acc - Z95 * se, "accuracy_high": acc + Z95 * se,
+           "predicted": pred["accuracy"], "predicted_low": lo, "predicted_high": hi,
+           "inside": bool(lo <= acc <= hi), "runs": len(runs),
+           "runs_correct": float(np.mean([r["correct"] for r in runs])) if runs else None,
+           "p50_s": float(np.median(lat)) if runs else None,
+           "p90_s": float(np.quantile(lat, 0.9)) if runs else None,
+           "p90_interval": quantile_interval(lat, 0.9) if runs else None,
+           "predicted_mean_s": pred["mean_s"], "predicted_p90_s": pred["p90_s"]}
+    if name != "chosen" and chosen_x is not None:
+        d = chosen_x - x
+        row["chosen_minus"] = [float(d.mean()), float(d.std(ddof=1) / np.sqrt(len(d)))]
+    return row
 
 
 def main():
@@ -200,8 +223,10 @@ def main():
     sub = ap.add_subparsers(dest="mode", required=True)
     p = sub.add_parser("plans")
     p.add_argument("--task", choices=list(TASKS))
+    p.add_argument("--card", choices=CARDS, default="h200")
     r = sub.add_parser("run")
     r.add_argument("--task", choices=list(TASKS), required=True)
+    r.add_argument("--card", choices=CARDS, default="h200")
     r.add_argument("--limit", type=int, default=40)
     r.add_argument("--device", default="cuda")
     r.add_argument("--out", default=str(OUT / "runs"))
