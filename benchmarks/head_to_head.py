@@ -146,13 +146,13 @@ def report(args):
     from ttsplan.planning.task_arrays import load_task_arrays
     summary = {"date": today(), "tasks": {}}
     for task, (_, _, heldout, _) in TASKS.items():
-        for card in CARDS:
-            index_path = OUT / f"{tag(task, card)}-plans.json"
-            if not index_path.exists() or not (heldout / "task.yaml").exists():
-                if card == "h200":
-                    print(f"{task}: plans or graded held-out samples missing: skipped", file=sys.stderr)
-                continue
-            arrays = load_task_arrays(load_task_profile(heldout / "task.yaml"), heldout / "task.yaml")
+        indexes = {card: OUT / f"{tag(task, card)}-plans.json" for card in CARDS}
+        indexes = {card: path for card, path in indexes.items() if path.exists()}
+        if not indexes or not (heldout / "task.yaml").exists():
+            print(f"{task}: plans or graded held-out samples missing: skipped", file=sys.stderr)
+            continue
+        arrays = load_task_arrays(load_task_profile(heldout / "task.yaml"), heldout / "task.yaml")
+        for card, index_path in indexes.items():
             summary["tasks"][tag(task, card)] = report_task(task, card, json.loads(index_path.read_text()),
                                                             arrays, Path(args.runs))
     (OUT / "summary.json").write_text(json.dumps(summary, indent=1))
@@ -160,7 +160,7 @@ def report(args):
 
 def report_task(task: str, card: str, index: dict, arrays, runs_dir: Path) -> list[dict]:
     """One table: every plan of every budget, measured accuracy and latency beside the predictions."""
-    name_of = {"h200": "H200", "h100": "H100"}[card]
+    name_of = card.upper()
     table = Table(title=f"{task}: the chosen plan against the baselines on {arrays.problems} held-out problems "
                         f"(qwen2.5-coder-1.5b, plans for the {name_of} and run there, bf16; calibrated on the "
                         f"train split; {today()})")
