@@ -26,7 +26,7 @@ def qwen15_dir():
     return pull_model("qwen2.5-coder-1.5b")
 
 
-MODEL_FIXTURES = {"smollm2_dir", "qwen05_dir", "qwen15_dir", "models"}  # test_engine.models loads one by name
+MODEL_FIXTURES = {"smollm2_dir", "qwen05_dir", "qwen15_dir"}
 
 
 def run_cli(*args, env=None, check=False, timeout=900) -> subprocess.CompletedProcess:

@@ -22,6 +22,9 @@ def hf_and_ours(model_dir):
     return tokenizer, hf, Transformer.load(model_dir)
 
 
+pytestmark = pytest.mark.models  # the models fixture loads its model by name, out of the auto-marking's sight
+
+
 @pytest.fixture(scope="module", params=["smollm2_dir", "qwen05_dir"])
 def models(request):
     return hf_and_ours(request.getfixturevalue(request.param))
