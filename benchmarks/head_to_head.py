@@ -160,9 +160,9 @@ def report(args):
 
 def report_task(task: str, card: str, index: dict, arrays, runs_dir: Path) -> list[dict]:
     """One table: every plan of every budget, measured accuracy and latency beside the predictions."""
-    name_of = card.upper()
+    card_name = card.upper()
     table = Table(title=f"{task}: the chosen plan against the baselines on {arrays.problems} held-out problems "
-                        f"(qwen2.5-coder-1.5b, plans for the {name_of} and run there, bf16; calibrated on the "
+                        f"(qwen2.5-coder-1.5b, plans for the {card_name} and run there, bf16; calibrated on the "
                         f"train split; {today()})")
     for col in ("budget p90", "plan", "", "accuracy measured (95%)", "predicted (95% for this many)",
                 "in", "runs", "p50 s measured / predicted mean", "p90 s measured (95%) / predicted", "within"):
@@ -190,7 +190,7 @@ def report_task(task: str, card: str, index: dict, arrays, runs_dir: Path) -> li
                           "not held to it" if name == "compute-optimal" else
                           ("yes" if row["p90_s"] <= entry["budget_s"] else "NO") if runs else "-")
         table.add_section()
-    emit(table, f"head_to_head_{tag(task, card)}", f"Head-to-head on held-out {task}, {name_of} ({today()})")
+    emit(table, f"head_to_head_{tag(task, card)}", f"Head-to-head on held-out {task}, {card_name} ({today()})")
     return rows
 
 

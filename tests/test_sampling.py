@@ -69,6 +69,15 @@ def test_sort_free_threshold_keeps_the_sorted_nucleus():
                 assert torch.allclose(got, full_sort_nucleus(probs, top_p), atol=1e-6), (scale, V, top_p)
 
 
+def one_token_short(probs, top_p):
+    """A top-p whose sorted nucleus of probs [1, V] holds one token fewer than top_p's (checked)."""
+    n = int((full_sort_nucleus(probs, top_p)[0] > 0).sum())
+    mass = probs[0].sort(descending=True).values.cumsum(0)
+    short_p = float(mass[n - 3] + mass[n - 2]) / 2
+    assert int((full_sort_nucleus(probs, short_p)[0] > 0).sum()) == n - 1
+    return short_p
+
+
 def nucleus_pvalue(tokens, want):
     """Chi-square p-value of drawn tokens against the nucleus distribution want (0 if any lies outside)."""
     counts = torch.bincount(tokens, minlength=len(want)).double()
@@ -86,10 +95,7 @@ def test_sort_free_sampling_draws_what_the_sort_draws():
     probs = torch.softmax(torch.randn(1, 400, generator=gen) * 2.5, -1)
     top_p = 0.9
     want = full_sort_nucleus(probs, top_p)[0]
-    support = want > 0
-    n, mass = int(support.sum()), probs[0].sort(descending=True).values.cumsum(0)
-    wrong_p = float(mass[n - 3] + mass[n - 2]) / 2
-    assert int((full_sort_nucleus(probs, wrong_p)[0] > 0).sum()) == n - 1
+    wrong_p = one_token_short(probs, top_p)
     draws = 40000
     u = uniforms(torch.Generator().manual_seed(4), draws)
     for p, should_pass in ((top_p, True), (wrong_p, False)):
@@ -120,13 +126,9 @@ def test_fused_sampling_draws_the_sorted_nucleus():
     logits = torch.randn(1, V, generator=gen) * 0.8
     probs = torch.softmax(logits / temp, -1)
     u = uniforms(torch.Generator().manual_seed(7), draws)
-    mass = probs[0].sort(descending=True).values.cumsum(0)
     for top_p in (0.9, 0.5):
         want = full_sort_nucleus(probs, top_p)[0]
         got = sample_top_p(logits.expand(draws, -1).to(DEVICE), temp, top_p, u.to(DEVICE)).cpu()
         assert nucleus_pvalue(got, want) > 1e-3, top_p
-    want = full_sort_nucleus(probs, 0.9)[0]
-    n = int((want > 0).sum())
-    short = full_sort_nucleus(probs, float(mass[n - 3] + mass[n - 2]) / 2)
-    assert int((short[0] > 0).sum()) == n - 1
-    assert nucleus_pvalue(draw(short.expand(draws, -1), u), want) < 1e-3
+    short = full_sort_nucleus(probs, one_token_short(probs, 0.9))
+    assert nucleus_pvalue(draw(short.expand(draws, -1), u), full_sort_nucleus(probs, 0.9)[0]) < 1e-3
