@@ -188,3 +188,62 @@ def test_answers_too_large_to_evaluate_are_compared_as_written():
     assert not same_answer(parse_answer("2^{250}", "math"), tower, "math")
     assert same_answer(big, parse_answer("10^{10^{10}}", "math"), "math")
     assert same_answer(parse_answer("\\frac{1}{2}", "math"), parse_answer("0.5", "math"), "math")
+
+
+# One MATH-500 request's answers (test/precalculus/990, 27 branches on the H100, 2026-12-07): 19
+# spellings, two of them equal, the kind of list whose regrouping at each finish cost 33 s.
+REQUEST_ANSWERS = ["\\frac{4 + 3\\sqrt{2}}{2} - \\frac{5\\sqrt{2}}{2}i", "4 - \\frac{3\\sqrt{2}}{2} - 4i\\sqrt{2}",
+                   "\\sqrt{2}(1 - i)", "-\\frac{\\sqrt{2}}{2}", "6 - 5i", "\\sqrt{2} - \\sqrt{2}i", None,
+                   "1 - 2\\sqrt{2} - 2\\sqrt{2}i", "6-5i", "-\\frac{5 + 4\\sqrt{2}}{2}", "\\frac{\\sqrt{2}}{1}(1-i)"]
+
+
+def test_a_memo_groups_as_from_scratch_and_verifies_each_pair_once(monkeypatch):
+    """Regrouping a growing list with one memo (as the executor does at each finish) gives the classes
+    of grouping from scratch, and asks math-verify about each pair of spellings at most once."""
+    import ttsplan.answers as answers_module
+    from ttsplan.answers import AnswerMemo, same_answer
+    asked = []
+    monkeypatch.setattr(answers_module, "same_answer", lambda a, b, task: asked.append(1) or same_answer(a, b, task))
+    memo = AnswerMemo("math")
+    for n in range(1, len(REQUEST_ANSWERS) + 1):
+        with_memo = group_answers(REQUEST_ANSWERS[:n], "math", memo)[0]
+        asked_before = len(asked)
+        assert with_memo == group_answers(REQUEST_ANSWERS[:n], "math")[0]
+        from_scratch = len(asked) - asked_before
+        del asked[asked_before:]
+    assert len(asked) == len(memo.verdicts) <= from_scratch  # every pair once: no more than one grouping
+    classes = group_answers(REQUEST_ANSWERS, "math", memo)[0]
+    assert classes[2] == classes[5] == classes[10] and classes[4] == classes[8] and classes[6] is None
+    assert len(set(c for c in classes if c is not None)) == 7
+
+
+class AnswerTokenizer:
+    """Token t decodes to a branch stating REQUEST_ANSWERS[t]."""
+    @staticmethod
+    def decode(tokens, skip_special_tokens=True):
+        return "".join(f"so \\boxed{{{REQUEST_ANSWERS[t]}}}" for t in tokens[:1])
+
+
+@pytest.mark.parametrize("seed", range(2))
+def test_early_stop_asks_what_the_full_tally_would_answer_and_groups_only_when_it_could_be_decided(seed):
+    """VoteWatch.decided, as branches finish one at a time in a random order, equals voting.decided on
+    the full tally every time; while the finished weight cannot outweigh what is pending, no answer is
+    read or compared."""
+    from ttsplan.engine.generate import Branch
+    from ttsplan.execute.runner import VoteWatch
+    from ttsplan.voting import decided, weight_bound
+    rng = np.random.default_rng(seed)
+    picks = rng.choice([0, 2, 4, 5, 8, 9], size=12, p=[0.1, 0.3, 0.3, 0.1, 0.1, 0.1])
+    branches = [Branch(tokens=[int(t)], logprobs=(-rng.exponential(0.3, 3)).tolist(), confidences=[1.0] * 3)
+                for t in picks]
+    watch, order = VoteWatch(AnswerTokenizer, "mean-logprob", "math"), rng.permutation(len(branches))
+    for n, i in enumerate(order):
+        branches[i].finish = "eos"
+        pending = [weight_bound(np.exp(np.cumsum(b.logprobs) / np.arange(1, 4)), "mean-logprob")
+                   for b in branches if not b.finish]
+        full = decided([t.weight for t in VoteWatch(AnswerTokenizer, "mean-logprob", "math").tally(branches)[1]],
+                       pending)
+        assert watch.decided(branches) == full
+        if n + 1 <= len(pending):  # weights are below 1, the bounds 1: nothing can be decided yet
+            assert not watch.texts and not watch.memo.parsed
+    assert watch.texts and full

@@ -13,7 +13,7 @@ math-verify (LaTeX, fractions, mixed numbers, intervals, sets and tuples, percen
 numbers (\\frac{5}{2}, 2\\frac{1}{2}) handed to math-verify.
 """
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fractions import Fraction
 
 from math_verify import parse, verify
@@ -147,20 +147,42 @@ def same_answer(a, b, task: str) -> bool:
         return False
 
 
-def group_answers(answers: list[str | None], task: str) -> tuple[list[int | None], list]:
+@dataclass
+class AnswerMemo:
+    """Comparisons already paid for, kept for the next grouping of the same answers: each spelling's
+    parse and each ordered pair's verdict.  The executor regroups a request's finished answers each
+    time a branch finishes (early stop asks whether the vote is decided); math-verify spends 1-200 ms
+    on a pair of MATH expressions, so regrouping from scratch cost up to 33 s in one request."""
+    task: str
+    parsed: dict = field(default_factory=dict)
+    verdicts: dict = field(default_factory=dict)
+
+    def parse(self, answer: str | None):
+        if answer not in self.parsed:
+            self.parsed[answer] = parse_answer(answer, self.task)
+        return self.parsed[answer]
+
+    def same(self, a: str, b: str) -> bool:
+        if (a, b) not in self.verdicts:
+            self.verdicts[a, b] = same_answer(self.parse(a), self.parse(b), self.task)
+        return self.verdicts[a, b]
+
+
+def group_answers(answers: list[str | None], task: str, memo: AnswerMemo | None = None) -> tuple[list[int | None], list]:
     """Equivalence classes of answers that verify as equal, in order of first appearance:
-    (class index per answer, None where unreadable; the parsed representative of each class)."""
-    classes, representatives, cache = [], [], {}
+    (class index per answer, None where unreadable; the parsed representative of each class).
+    memo: parses and verdicts from earlier groupings, reused and extended."""
+    memo = AnswerMemo(task) if memo is None else memo
+    classes, representatives, class_of = [], [], {}
     for answer in answers:
-        if answer not in cache:
-            parsed = parse_answer(answer, task)
-            cache[answer] = None if parsed is None else next(
-                (i for i, rep in enumerate(representatives) if same_answer(rep, parsed, task)), None)
-            if parsed is not None and cache[answer] is None:
-                representatives.append(parsed)
-                cache[answer] = len(representatives) - 1
-        classes.append(cache[answer])
-    return classes, representatives
+        if answer not in class_of:
+            class_of[answer] = None if memo.parse(answer) is None else next(
+                (i for i, rep in enumerate(representatives) if memo.same(rep, answer)), None)
+            if memo.parse(answer) is not None and class_of[answer] is None:
+                representatives.append(answer)
+                class_of[answer] = len(representatives) - 1
+        classes.append(class_of[answer])
+    return classes, [memo.parse(rep) for rep in representatives]
 
 
 def is_correct(answer: str | None, gold: str, task: str) -> bool:

@@ -49,6 +49,8 @@ def result_row(problem_id: str, gold: str, solved, task: str) -> dict:
     return {"id": problem_id, "gold": gold, "answer": solved.answer, "correct": is_correct(solved.answer, gold, task),
             "latency_s": solved.latency_s, "new_tokens": solved.stats.new_tokens, "cut_off": solved.cut_off,
             "stopped": solved.stopped, "prompt_tokens": solved.stats.prompt_tokens,
+            "prefill_s": solved.stats.prefill_s, "capture_s": solved.stats.capture_s,
+            "decode_s": solved.stats.decode_s, "vote_s": solved.vote_s,
             "lengths": [len(b.tokens) for b in solved.branches],
             "votes": [asdict(t) for t in solved.tallies]}
 

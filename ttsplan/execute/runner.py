@@ -10,7 +10,7 @@ from typing import Callable
 
 import torch
 
-from ttsplan.answers import extract_answer, group_answers
+from ttsplan.answers import AnswerMemo, extract_answer, group_answers
 from ttsplan.assets import resolve_model
 from ttsplan.backends import vllm as vllm_backend
 from ttsplan.datasets import answer_kind, prompt_ids
@@ -51,6 +51,7 @@ class Solved:
     stats: GenerationStats
     latency_s: float
     spec: SpecStats | None = None
+    vote_s: float = 0.0  # of latency_s: reading and comparing answers on the host (early stop's checks included)
 
     @property
     def cut_off(self) -> int:
@@ -65,10 +66,15 @@ class Solved:
 
 class VoteWatch:
     """Reads finished branches' answers as they finish: the final vote, and early stop's question
-    "can any unfinished branch still change the winner?" (voting.decided)."""
+    "can any unfinished branch still change the winner?" (voting.decided).  It runs on the host between
+    decode steps while the GPU waits, so each answer is read and compared once per request (texts,
+    memo), and the answers are not grouped while the weight of the finished branches cannot yet
+    outweigh what the unfinished ones may add."""
 
     def __init__(self, tokenizer, rule: str, task: str):
         self.tokenizer, self.rule, self.task, self.texts = tokenizer, rule, task, {}
+        self.memo = AnswerMemo(task)
+        self.seconds = 0.0  # spent in decided() so far: the decode loop waits on it
 
     def answer(self, i: int, branch: Branch) -> str | None:
         if i not in self.texts:
@@ -81,17 +87,21 @@ class VoteWatch:
         done = [(i, b) for i, b in enumerate(branches) if b.finish in ("eos", "length")]
         answers = [self.answer(i, b) if b.finish in ("eos", "length") else None for i, b in enumerate(branches)]
         weights = [branch_weight(b.logprobs, b.confidences, self.rule) for b in branches]
-        classes, _ = group_answers([answers[i] for i, _ in done], self.task)
+        classes, _ = group_answers([answers[i] for i, _ in done], self.task, self.memo)
         every = [None] * len(branches)
         for (i, _), c in zip(done, classes):
             every[i] = c
         return (*vote(every, answers, weights), answers, weights)
 
     def decided(self, branches: list[Branch]) -> bool:
-        _, tallies, _, _ = self.tally(branches)
+        t0 = time.perf_counter()
         pending = [weight_bound(weights_by_length(b.logprobs, b.confidences, self.rule), self.rule)
                    for b in branches if not b.finish]
-        return decided([t.weight for t in tallies], pending)
+        finished = sum(branch_weight(b.logprobs, b.confidences, self.rule) for b in branches if b.finish)
+        # the leader holds at most every finished branch's weight: no grouping until that could win
+        answer = finished > sum(pending) and decided([t.weight for t in self.tally(branches)[1]], pending)
+        self.seconds += time.perf_counter() - t0
+        return answer
 
 
 def solve(engine: LoadedModel, question: str, plan: Plan, draft: LoadedModel | None = None, on_step=None) -> Solved:
@@ -100,8 +110,10 @@ def solve(engine: LoadedModel, question: str, plan: Plan, draft: LoadedModel | N
     branches, stats, spec = generate_branches(
         engine.model, prompt_ids(engine.tokenizer, question), plan.branches, sampling_params(plan), engine.eos_ids,
         draft.model if draft else None, plan.draft_len, on_step, stop=watch.decided if plan.early_stop else None)
+    t_vote = time.perf_counter()
     answer, tallies, answers, weights = watch.tally(branches)
-    return Solved(answer, tallies, branches, answers, weights, stats, time.perf_counter() - t0, spec)
+    done = time.perf_counter()
+    return Solved(answer, tallies, branches, answers, weights, stats, done - t0, spec, watch.seconds + done - t_vote)
 
 
 @dataclass
