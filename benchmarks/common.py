@@ -1,5 +1,4 @@
 """Shared benchmark plumbing: a real 512-token prompt, timing, and result tables written beside the printout."""
-import datetime
 import platform
 from pathlib import Path
 
@@ -7,6 +6,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ttsplan.datasets import load_problems
+from ttsplan.measure.schema import today  # noqa: F401  (the benchmarks' date, one definition)
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -38,7 +38,3 @@ def emit(table: Table, name: str, header: str) -> None:
     md += ["| " + " | ".join(str(x) for x in r) + " |" for r in rows]
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{name}.md").write_text("\n".join(md) + "\n")
-
-
-def today() -> str:
-    return datetime.date.today().isoformat()

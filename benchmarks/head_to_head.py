@@ -144,26 +144,27 @@ def plan_accuracy_heldout(arrays, plan: Plan) -> np.ndarray:
 def report(args):
     from ttsplan.measure.schema import load_task_profile
     from ttsplan.planning.task_arrays import load_task_arrays
-    summary = {"date": today(), "tasks": {}}
+    summary = {"tasks": {}}
     for task, (_, _, heldout, _) in TASKS.items():
         indexes = {card: OUT / f"{tag(task, card)}-plans.json" for card in CARDS}
         indexes = {card: path for card, path in indexes.items() if path.exists()}
         if not indexes or not (heldout / "task.yaml").exists():
             print(f"{task}: plans or graded held-out samples missing: skipped", file=sys.stderr)
             continue
-        arrays = load_task_arrays(load_task_profile(heldout / "task.yaml"), heldout / "task.yaml")
+        graded = load_task_profile(heldout / "task.yaml")
+        arrays = load_task_arrays(graded, heldout / "task.yaml")
         for card, index_path in indexes.items():
             summary["tasks"][tag(task, card)] = report_task(task, card, json.loads(index_path.read_text()),
-                                                            arrays, Path(args.runs))
+                                                            arrays, graded.date, Path(args.runs))
+    summary["date"] = max(row["date"] for rows in summary["tasks"].values() for row in rows)
     (OUT / "summary.json").write_text(json.dumps(summary, indent=1))
 
 
-def report_task(task: str, card: str, index: dict, arrays, runs_dir: Path) -> list[dict]:
-    """One table: every plan of every budget, measured accuracy and latency beside the predictions."""
+def report_task(task: str, card: str, index: dict, arrays, graded_date: str, runs_dir: Path) -> list[dict]:
+    """One table: every plan of every budget, measured accuracy and latency beside the predictions,
+    dated by its newest measurement (held-out samples graded, runs)."""
     card_name = card.upper()
-    table = Table(title=f"{task}: the chosen plan against the baselines on {arrays.problems} held-out problems "
-                        f"(qwen2.5-coder-1.5b, plans for the {card_name} and run there, bf16; calibrated on the "
-                        f"train split; {today()})")
+    table = Table()
     for col in ("budget p90", "plan", "", "accuracy measured (95%)", "predicted (95% for this many)",
                 "in", "runs", "p50 s measured / predicted mean", "p90 s measured (95%) / predicted", "within"):
         table.add_column(col, justify="right")
@@ -174,7 +175,8 @@ def report_task(task: str, card: str, index: dict, arrays, runs_dir: Path) -> li
             plan = Plan.load(OUT / "plans" / tag(task, card) / f"{pred['plan']}.yaml")
             x = plan_accuracy_heldout(arrays, plan)
             chosen_x = x if name == "chosen" else chosen_x
-            row = measured_row(entry["budget_s"], name, plan, pred, x, chosen_x, runs_dir / f"{tag(task, card)}-{pred['plan']}.jsonl")
+            row = measured_row(entry["budget_s"], name, plan, pred, x, chosen_x, runs_dir / f"{tag(task, card)}-{pred['plan']}.jsonl",
+                               index["date"])
             rows.append(row)
             versus = f" (chosen {row['chosen_minus'][0]:+.1%} +- {Z95 * row['chosen_minus'][1]:.1%})" \
                 if "chosen_minus" in row else ""
@@ -190,12 +192,18 @@ def report_task(task: str, card: str, index: dict, arrays, runs_dir: Path) -> li
                           "not held to it" if name == "compute-optimal" else
                           ("yes" if row["p90_s"] <= entry["budget_s"] else "NO") if runs else "-")
         table.add_section()
-    emit(table, f"head_to_head_{tag(task, card)}", f"Head-to-head on held-out {task}, {card_name} ({today()})")
+    date = max([graded_date] + [row["date"] for row in rows])
+    table.title = (f"{task}: the chosen plan against the baselines on {arrays.problems} held-out problems "
+                   f"(qwen2.5-coder-1.5b, plans for the {card_name} and run there, bf16; calibrated on the "
+                   f"train split; {date})")
+    emit(table, f"head_to_head_{tag(task, card)}", f"Head-to-head on held-out {task}, {card_name} ({date})")
     return rows
 
 
-def measured_row(budget_s: float, name: str, plan: Plan, pred: dict, x: np.ndarray, chosen_x, run_file: Path) -> dict:
-    """A plan's held-out accuracy (with its paired difference from the chosen plan) and its runs' latency."""
+def measured_row(budget_s: float, name: str, plan: Plan, pred: dict, x: np.ndarray, chosen_x, run_file: Path,
+                 plans_date: str) -> dict:
+    """A plan's held-out accuracy (with its paired difference from the chosen plan) and its runs' latency,
+    dated by its newest run (rows from before runs were dated: the plans' date, the day they ran)."""
     acc = float(x.mean())
     se = float(x.std(ddof=1) / np.sqrt(len(x)))
     lo, hi = prediction_interval(pred["accuracy"], *pred["interval"], len(x))
@@ -211,7 +219,8 @@ def measured_row(budget_s: float, name: str, plan: Plan, pred: dict, x: np.ndarr
            "p50_s": float(np.median(lat)) if runs else None,
            "p90_s": float(np.quantile(lat, 0.9)) if runs else None,
            "p90_interval": quantile_interval(lat, 0.9) if runs else None,
-           "predicted_mean_s": pred["mean_s"], "predicted_p90_s": pred["p90_s"]}
+           "predicted_mean_s": pred["mean_s"], "predicted_p90_s": pred["p90_s"],
+           "date": max((r.get("date", plans_date) for r in runs), default=plans_date)}
     if name != "chosen" and chosen_x is not None:
         d = chosen_x - x
         row["chosen_minus"] = [float(d.mean()), float(d.std(ddof=1) / np.sqrt(len(d)))]

@@ -11,6 +11,7 @@ from ttsplan.answers import is_correct
 from ttsplan.registry import home
 from ttsplan.datasets import answer_kind
 from ttsplan.files import write_atomic
+from ttsplan.measure.schema import today
 from ttsplan.planning.plan import Plan
 
 GRADER = 2  # bumped when grading changes: older results files are not reused
@@ -52,7 +53,7 @@ def result_row(problem_id: str, gold: str, solved, task: str) -> dict:
             "prefill_s": solved.stats.prefill_s, "capture_s": solved.stats.capture_s,
             "decode_s": solved.stats.decode_s, "vote_s": solved.vote_s,
             "lengths": [len(b.tokens) for b in solved.branches],
-            "votes": [asdict(t) for t in solved.tallies]}
+            "votes": [asdict(t) for t in solved.tallies], "date": today()}
 
 
 def run_key(plan: Plan) -> str:
