@@ -205,13 +205,11 @@ def test_a_memo_groups_as_from_scratch_and_verifies_each_pair_once(monkeypatch):
     asked = []
     monkeypatch.setattr(answers_module, "same_answer", lambda a, b, task: asked.append(1) or same_answer(a, b, task))
     memo = AnswerMemo("math")
-    for n in range(1, len(REQUEST_ANSWERS) + 1):
-        with_memo = group_answers(REQUEST_ANSWERS[:n], "math", memo)[0]
-        asked_before = len(asked)
-        assert with_memo == group_answers(REQUEST_ANSWERS[:n], "math")[0]
-        from_scratch = len(asked) - asked_before
-        del asked[asked_before:]
-    assert len(asked) == len(memo.verdicts) <= from_scratch  # every pair once: no more than one grouping
+    grown = [group_answers(REQUEST_ANSWERS[:n], "math", memo)[0] for n in range(1, len(REQUEST_ANSWERS) + 1)]
+    with_memo = len(asked)
+    assert grown[-1] == group_answers(REQUEST_ANSWERS, "math")[0]
+    assert with_memo == len(memo.verdicts) <= len(asked) - with_memo  # every pair once: at most one grouping
+    assert all(g == grown[-1][:len(g)] for g in grown)  # classes are numbered by first appearance: prefixes agree
     classes = group_answers(REQUEST_ANSWERS, "math", memo)[0]
     assert classes[2] == classes[5] == classes[10] and classes[4] == classes[8] and classes[6] is None
     assert len(set(c for c in classes if c is not None)) == 7

@@ -3,7 +3,7 @@ import zipfile
 
 import pytest
 
-from conftest import run_cli
+from conftest import invoke_cli
 from ttsplan.assets import assemble_gguf, pip_download
 from ttsplan.registry import MODELS
 from ttsplan.engine.config import ModelConfig
@@ -12,7 +12,7 @@ from ttsplan.errors import TTSPlanError
 
 
 def ttsplan(*args, env=None):
-    proc = run_cli(*args, env=env, timeout=600)
+    proc = invoke_cli(*args, env=env)
     return proc.returncode, proc.stdout, proc.stderr.strip()
 
 
@@ -49,6 +49,7 @@ def test_kv_cache_that_cannot_fit_is_refused_before_allocating(smollm2_dir):
         KVCache.allocate(cfg, 100, 10**6, 10**5, dtype=__import__("torch").float32, device=__import__("torch").device("cpu"))
 
 
+@pytest.mark.models  # the real smollm2 wheel
 def test_checksum_mismatch_on_one_corrupt_byte(tmp_path):
     """A wheel whose GGUF has one flipped byte: refused, and neither the GGUF nor its partial remains."""
     asset = MODELS["smollm2-135m"]

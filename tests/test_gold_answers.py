@@ -10,8 +10,9 @@ from ttsplan.datasets import answer_kind, load_problems
 # test 1319/1319 and train 7473/7473 ('#### N' against the gold number), MATH train 7496/7496 (the
 # last \boxed{} of the solution is the gold answer: this checks that math-verify parses and accepts
 # it; 4 of its 7500 problems have no braced \boxed{} and are left out, see ttsplan.datasets).
-@pytest.mark.parametrize("dataset,count", [("math500", 500), ("gsm8k", 1319), ("gsm8k-train", 7473),
-                                           ("math-train", 7496)])
+@pytest.mark.parametrize("dataset,count", [("math500", 500), ("gsm8k", 1319),
+                                           pytest.param("gsm8k-train", 7473, marks=pytest.mark.models),
+                                           pytest.param("math-train", 7496, marks=pytest.mark.models)])
 def test_gold_solutions_grade_as_their_gold_answers(dataset, count):
     problems = load_problems(dataset)
     assert len(problems) == count and len({p.id for p in problems}) == count

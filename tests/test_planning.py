@@ -2,16 +2,18 @@
 the subsampling estimator against enumeration, the search against a known optimum and against the
 greedy allocation."""
 from itertools import permutations
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from ttsplan.errors import TTSPlanError
-from ttsplan.measure.schema import BatchCost, StepCost
+from ttsplan.measure.schema import BatchCost, PrefillCost, StepCost
 from ttsplan.planning.accuracy import AccuracyTable, per_problem_accuracy
 from ttsplan.planning.cost_model import BatchTable, CompactionModel, PrefillModel, StepModel
 from ttsplan.planning.latency import Decoding, DeviceCosts, Replay, SHRINK, bucket, round_graphs, rounds_needed
-from ttsplan.planning.search import baselines, choose, greedy, search
+from ttsplan.planning.optimize import edges, optimize
+from ttsplan.planning.search import Candidate, baselines, choose, greedy, search
 from ttsplan.planning.task_arrays import TaskArrays
 from ttsplan.voting import VOTE_RULES, decided, vote
 
@@ -79,7 +81,6 @@ def test_cost_model_interpolates_between_levels_it_never_saw():
 
 
 def test_prefill_and_batch_tables():
-    from ttsplan.measure.schema import PrefillCost
     pre = PrefillModel.fit([PrefillCost(p, 5 + 0.01 * p + 1e-6 * p * p) for p in (128, 512, 2048, 8192)])
     assert pre.predict(1024) == pytest.approx(5 + 10.24 + 1.048576, rel=1e-3)
     table = BatchTable.build([BatchCost(1, 0, 1.0), BatchCost(4, 0, 3.0)])
@@ -349,24 +350,27 @@ def test_exhaustive_search_beats_the_greedy_allocation():
     assert named["compute-optimal"].accuracy >= sel.accuracy
 
 
-def test_a_vllm_deployment_is_planned_without_early_stop():
+PROFILES = Path(__file__).resolve().parent.parent / "profiles"
+SHIPPED_TASK = PROFILES / "tasks" / "qwen2.5-coder-1.5b-gsm8k-cpu-2t" / "task.yaml"
+
+
+@pytest.fixture(scope="module")
+def relay_plan_60s():
+    """`optimize` on the shipped CPU relay profile and GSM8K task profile at a 60 s budget."""
+    return optimize(PROFILES / "device" / "cpu-2t-relay-qwen2.5-coder-1.5b.yaml", SHIPPED_TASK, budget_s=60)
+
+
+def test_a_vllm_deployment_is_planned_without_early_stop(relay_plan_60s):
     """vLLM's offline generate returns a request's branches together, so plans for a vLLM profile
     never stop early; the same task on the relay engine's profile does."""
-    from pathlib import Path
-    from ttsplan.planning.optimize import optimize
-    profiles = Path(__file__).resolve().parent.parent / "profiles"
-    task = profiles / "tasks" / "qwen2.5-coder-1.5b-gsm8k-cpu-2t" / "task.yaml"
-    vllm = optimize(profiles / "device" / "cpu-2t-vllm-qwen2.5-coder-1.5b.yaml", task, budget_s=60)
-    relay = optimize(profiles / "device" / "cpu-2t-relay-qwen2.5-coder-1.5b.yaml", task, budget_s=60)
+    vllm = optimize(PROFILES / "device" / "cpu-2t-vllm-qwen2.5-coder-1.5b.yaml", SHIPPED_TASK, budget_s=60)
     assert not any(c.early_stop for c in vllm.result.candidates) and vllm.plan.device["backend"] == "vllm"
-    assert any(c.early_stop for c in relay.result.candidates)
+    assert any(c.early_stop for c in relay_plan_60s.result.candidates)
 
 
 def test_the_chosen_plan_on_the_edge_of_the_profile_is_named():
     """A plan using every sampled branch, or running to the sampling limit where branches were cut off,
     is flagged: the profile cannot say whether more would be better."""
-    from ttsplan.planning.optimize import edges
-    from ttsplan.planning.search import Candidate
     t = task(FIVE["classes"], [[11, 11, 11, 11, 20]] * 4, FIVE["correct"], max_new=20)
     at = lambda N, cap: Candidate(N, "majority", cap, False, 0, 1.0, 0.1, 0.1, 50.0)
     assert edges(at(3, 16), t) == []
@@ -374,13 +378,8 @@ def test_the_chosen_plan_on_the_edge_of_the_profile_is_named():
     assert len(named) == 2 and "N_max = 5" in named[0] and "20 tokens" in named[1] and "20%" in named[1]
 
 
-def test_optimize_reports_the_corrected_accuracy_in_the_plan():
-    from pathlib import Path
-    from ttsplan.planning.optimize import optimize
-    profiles = Path(__file__).resolve().parent.parent / "profiles"
-    opt = optimize(profiles / "device" / "cpu-2t-relay-qwen2.5-coder-1.5b.yaml",
-                   profiles / "tasks" / "qwen2.5-coder-1.5b-gsm8k-cpu-2t" / "task.yaml", budget_s=120)
-    p = opt.plan.predicted
+def test_optimize_reports_the_corrected_accuracy_in_the_plan(relay_plan_60s):
+    p = relay_plan_60s.plan.predicted
     assert p["accuracy"] == pytest.approx(p["accuracy_naive"] - p["optimism"], abs=1e-3)
     assert p["interval"][0] <= p["accuracy"] <= p["interval"][1] and p["calibration_problems"] == 32
-    assert opt.selection.chosen.p90_s <= 120
+    assert relay_plan_60s.selection.chosen.p90_s <= 60
