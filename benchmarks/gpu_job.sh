@@ -14,7 +14,7 @@
 #                 samples, graded on the CPU), then every plan of benchmarks/results/head_to_head/plans/gsm8k
 #                 run one request at a time on the first 40 (benchmarks/head_to_head.py run)
 #   head-to-head-math  the 1.5b and the 0.5b draft; every MATH-500 plan for this card (H200 or H100) run on
-#                 the first $H2H_LIMIT problems (40)
+#                 the first $H2H_LIMIT problems (40); $H2H_ONLY: only these plans (comma-separated stems)
 # The GGUF pieces are `split -b 58000000` of the assembled files, named q15.NN and q05.NN.  The job runs
 # from a copy of the repository: each device call re-syncs the working tree, and a job started from it
 # saw a module missing mid-sync (2026-12-02).
@@ -63,7 +63,7 @@ head-to-head-math)  # the MATH-500 plans, one request at a time on the first 40 
     while [ "$(ls $C/pieces/q05.* 2>/dev/null | wc -l)" -lt "${Q05_PIECES:-9}" ]; do sleep 2; done
     echo "=== pull 0.5b $(date +%T)"; join q05 qwen2.5-coder-0.5b $GGUF05
     echo "=== runs $(date +%T)"
-    python benchmarks/head_to_head.py run --task math500 --card "$(card)" --limit "${H2H_LIMIT:-40}" --device cuda --out $C/out
+    python benchmarks/head_to_head.py run --task math500 --card "$(card)" --limit "${H2H_LIMIT:-40}" --only "${H2H_ONLY:-}" --device cuda --out $C/out
     touch $C/done
     ;;
 held-out-math)  # after head-to-head, on the same machine: the first plan again through `ttsplan run`

@@ -106,7 +106,8 @@ def run_plans(args):
     index = json.loads((OUT / f"{tag(args.task, args.card)}-plans.json").read_text())
     chosen = {b["plans"]["chosen"]["plan"] for b in index["budgets"]}
     plans = sorted((OUT / "plans" / tag(args.task, args.card)).glob("*.yaml"), key=lambda p: (p.stem not in chosen, p.stem))
-    plans = [Plan.load(p) for p in plans]  # the chosen plans first: device time may run out before the baselines
+    plans = [Plan.load(p) for p in plans if not args.only or p.stem in args.only.split(",")]  # the chosen plans
+    # first: device time may run out before the baselines
     problems = load_problems(args.task, args.limit, 0)
     warm_up = load_problems(args.task, 1, args.limit)[0]  # not one of the timed problems
     engine = load_model(plans[0].model, args.device)
@@ -239,6 +240,7 @@ def main():
     r.add_argument("--limit", type=int, default=40)
     r.add_argument("--device", default="cuda")
     r.add_argument("--out", default=str(OUT / "runs"))
+    r.add_argument("--only", default="", help="comma-separated plan names (file stems): run only these")
     rep = sub.add_parser("report")
     rep.add_argument("--runs", default=str(OUT / "runs"))
     args = ap.parse_args()
