@@ -245,3 +245,21 @@ def test_early_stop_asks_what_the_full_tally_would_answer_and_groups_only_when_i
         if n + 1 <= len(pending):  # weights are below 1, the bounds 1: nothing can be decided yet
             assert not watch.texts and not watch.memo.parsed
     assert watch.texts and full
+
+
+def test_the_plain_value_shortcut_never_parts_what_math_verify_joins():
+    """clearly_apart (values at one point differ) is never true of two spellings math-verify calls equal:
+    every equivalent pair of CASES and the equal classes of one real request; and it does part most of
+    that request's different pairs, which then never reach math-verify."""
+    from ttsplan.answers import clearly_apart, parse_answer
+    from math_verify import verify
+    joined = [(c[4], c[6]) for c in CASES if c[0] != "gsm8k" and c[6] is not None and c[4] is not None]
+    joined += [("6 - 5i", "6-5i"), ("\\sqrt{2}(1 - i)", "\\sqrt{2} - \\sqrt{2}i"), ("50\\%", "0.5"),
+               ("x = 5", "5"), ("\\frac{1}{3}", "0.333333"), ("2p + q", "q + 2p")]
+    for a, b in joined:
+        pa, pb = parse_answer(a, "math"), parse_answer(b, "math")
+        assert verify(pa, pb) or verify(pb, pa), (a, b)
+        assert not clearly_apart(pa, pb), (a, b)
+    parsed = [parse_answer(a, "math") for a in REQUEST_ANSWERS if a is not None]
+    different = [(a, b) for i, a in enumerate(parsed) for b in parsed[:i] if not (verify(a, b) or verify(b, a))]
+    assert sum(clearly_apart(a, b) for a, b in different) >= 0.9 * len(different)
