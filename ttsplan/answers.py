@@ -12,6 +12,7 @@ math-verify (LaTeX, fractions, mixed numbers, intervals, sets and tuples, percen
 1,000 / 1{,}000 / 10,\\!000, currency and percent signs, units, a trailing period), with LaTeX
 numbers (\\frac{5}{2}, 2\\frac{1}{2}) handed to math-verify.
 """
+import cmath
 import math
 import random
 import re
@@ -140,18 +141,17 @@ APART = 1e-4  # values this far apart (relative, or absolute below 1) belong to 
 
 def sample_value(parsed) -> complex | None:
     """The value of a parsed answer that is one expression (not a relation, set, tuple, matrix, bare
-    symbol or percentage: 3\\sqrt{2}, 6 - 5i, 2p + q), its variables set to fixed pseudo-random complex
-    values (each a function of the variable's name), or None."""
+    symbol or percentage: 3\\sqrt{2}, 6 - 5i, 2p + q), its variables set to fixed pseudo-random points
+    of the unit circle (each a function of the variable's name), or None."""
     exprs = [e for e in parsed if isinstance(e, Basic)]
     if len(exprs) != 1:
         return None
     e = exprs[0]
     if not isinstance(e, Expr) or isinstance(e, Symbol) or e.is_Matrix or e.has(UnevaluatedExpr):
         return None
-    point = {}
+    point = {}  # on the unit circle, so that x^{8038} stays a number a float can hold
     for x in e.free_symbols:
-        r = random.Random(str(x))
-        point[x] = complex(r.uniform(0.5, 2.0), r.uniform(0.5, 2.0))
+        point[x] = cmath.exp(1j * random.Random(str(x)).uniform(0.3, 2.8))
     try:
         value = complex(e.evalf(30, subs=point))
     except (TypeError, ValueError, OverflowError, ZeroDivisionError, AttributeError):
