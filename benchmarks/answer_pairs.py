@@ -1,5 +1,5 @@
-"""Comparing answers on the host: what the vote costs a request, and the plain-number shortcut checked
-against math-verify.
+"""Comparing answers on the host: what the vote costs a request, and the value-at-a-point shortcut
+(`clearly_apart`) checked against math-verify.
 
 1. Every pair among each problem's first 16 answer classes and its gold answer, in graded MATH task
    profiles: math-verify's verdict (both orders, as `same_answer` without the shortcut) against
@@ -85,14 +85,14 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--limit", type=int, default=200, help="problems per task profile")
     args = ap.parse_args()
-    pairs = Table(title=f"Plain-number shortcut against math-verify ({cpu_name()}, {today()})")
+    pairs = Table(title=f"Value-at-a-point shortcut against math-verify ({cpu_name()}, {today()})")
     for col in ("task profile", "problems", "pairs", "decided by the shortcut", "disagreements",
                 "math-verify s", "with shortcut s", "ratio"):
         pairs.add_column(col, justify="right")
     with Progress() as progress:
         for path in PROFILES:
             pairs.add_row(*check_pairs(path, args.limit, progress))
-    emit(pairs, "answer_pairs", f"Plain-number shortcut against math-verify ({cpu_name()}, {today()})")
+    emit(pairs, "answer_pairs", f"Value-at-a-point shortcut against math-verify ({cpu_name()}, {today()})")
 
     row = next(json.loads(line) for line in SLOW_RUN.read_text().splitlines() if json.loads(line)["id"] == SLOW_PROBLEM)
     answers = [t["answer"] for t in row["votes"]]
