@@ -190,7 +190,8 @@ class AnswerMemo:
     """Comparisons already paid for, kept for the next grouping of the same answers: each spelling's
     parse and each ordered pair's verdict.  The executor regroups a request's finished answers each
     time a branch finishes (early stop asks whether the vote is decided); math-verify spends 1-200 ms
-    on a pair of MATH expressions, so regrouping from scratch cost up to 33 s in one request."""
+    on a pair of MATH expressions, so regrouping from scratch cost 33-44 s in replays of one MATH-500
+    request (benchmarks/answer_pairs.py)."""
     task: str
     parsed: dict = field(default_factory=dict)
     verdicts: dict = field(default_factory=dict)
@@ -206,7 +207,8 @@ class AnswerMemo:
         return self.verdicts[a, b]
 
 
-def group_answers(answers: list[str | None], task: str, memo: AnswerMemo | None = None) -> tuple[list[int | None], list]:
+def group_answers(answers: list[str | None], task: str,
+                  memo: AnswerMemo | None = None) -> tuple[list[int | None], list]:
     """Equivalence classes of answers that verify as equal, in order of first appearance:
     (class index per answer, None where unreadable; the parsed representative of each class).
     memo: parses and verdicts from earlier groupings, reused and extended."""

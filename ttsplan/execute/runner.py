@@ -98,10 +98,10 @@ class VoteWatch:
         pending = [weight_bound(weights_by_length(b.logprobs, b.confidences, self.rule), self.rule)
                    for b in branches if not b.finish]
         finished = sum(branch_weight(b.logprobs, b.confidences, self.rule) for b in branches if b.finish)
-        # the leader holds at most every finished branch's weight: no grouping until that could win
-        answer = finished > sum(pending) and decided([t.weight for t in self.tally(branches)[1]], pending)
+        # the leader holds at most every finished branch's weight (weights are >= 0): no grouping until that could win
+        verdict = finished > sum(pending) and decided([t.weight for t in self.tally(branches)[1]], pending)
         self.seconds += time.perf_counter() - t0
-        return answer
+        return verdict
 
 
 def solve(engine: LoadedModel, question: str, plan: Plan, draft: LoadedModel | None = None, on_step=None) -> Solved:
