@@ -316,7 +316,8 @@ def answer_one(solver, question: str, plan: Plan, peak_bw: float) -> None:
         task = progress.add_task("", total=plan.max_new_tokens, tok=0)
         solved = solver(question, on_step=lambda s: progress.update(task, completed=s.steps, tok=s.new_tokens))
     console.print(branch_table(solved), vote_table(solved),
-                  timing_table(solved.stats, solved.latency_s, peak_bw, plan.predicted or None))
+                  timing_table(solved.stats, solved.latency_s, peak_bw, plan.predicted or None,
+                               solved.vote_s))
     if solved.spec:
         console.print(spec_table(solved.spec))
     console.print(f"[bold]answer:[/] {solved.answer}")

@@ -35,10 +35,15 @@ def branch_table(solved) -> Table:
     return table
 
 
-def timing_table(stats, latency_s: float, peak_bw: float, predicted: dict | None = None) -> Table:
+def timing_table(stats, latency_s: float, peak_bw: float, predicted: dict | None = None,
+                 vote_s: float | None = None) -> Table:
+    """vote_s: of the total, the host's reading and comparing of answers (early stop's checks, inside
+    decode s, and the final vote)."""
     table = Table(title="latency")
     cols = ["prompt tokens", "prefill s", "graph capture s", "decode s", "total s", "new tokens", "decode tok/s",
             "bandwidth achieved", "device copy bw"]
+    if vote_s is not None:
+        cols.insert(4, "vote s (of total)")
     if predicted:
         cols += ["predicted s (mean)"]
     for col in cols:
@@ -47,6 +52,8 @@ def timing_table(stats, latency_s: float, peak_bw: float, predicted: dict | None
     row = [str(stats.prompt_tokens), f"{stats.prefill_s:.2f}", f"{stats.capture_s:.2f}", f"{stats.decode_s:.2f}",
            f"{latency_s:.2f}", str(stats.new_tokens), f"{stats.tokens_per_s:.1f}",
            f"{achieved / 1e9:.1f} GB/s ({achieved / peak_bw:.0%})", f"{peak_bw / 1e9:.1f} GB/s"]
+    if vote_s is not None:
+        row.insert(4, f"{vote_s:.2f}")
     if predicted:
         row.append(f"{predicted['mean_s']:.2f}")
     table.add_row(*row)
