@@ -19,6 +19,7 @@ def test_early_stop_keeps_the_answer_and_saves_tokens(engine, seed):
     early = solve(engine, "What is 10 times 10?", Plan(**{**plan.__dict__, "early_stop": True}))
     assert early.answer == full.answer is not None
     assert early.stopped > 0 and early.stats.new_tokens < full.stats.new_tokens
+    assert 0 < early.vote_s < early.latency_s  # the host's share of the request, timed
     for a, b in zip(early.branches, full.branches):
         assert b.tokens[:len(a.tokens)] == a.tokens  # the same stream, cut where the vote was decided
         assert a.finish == "stopped" or a.tokens == b.tokens
