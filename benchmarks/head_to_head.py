@@ -106,8 +106,9 @@ def run_plans(args):
     index = json.loads((OUT / f"{tag(args.task, args.card)}-plans.json").read_text())
     chosen = {b["plans"]["chosen"]["plan"] for b in index["budgets"]}
     plans = sorted((OUT / "plans" / tag(args.task, args.card)).glob("*.yaml"), key=lambda p: (p.stem not in chosen, p.stem))
-    plans = [Plan.load(p) for p in plans if not args.only or p.stem in args.only.split(",")]  # the chosen plans
-    # first: device time may run out before the baselines
+    only = set(args.only.split(",")) - {""}
+    # the chosen plans first: device time may run out before the baselines
+    plans = [Plan.load(p) for p in plans if not only or p.stem in only]
     problems = load_problems(args.task, args.limit, 0)
     warm_up = load_problems(args.task, 1, args.limit)[0]  # not one of the timed problems
     engine = load_model(plans[0].model, args.device)
@@ -145,7 +146,7 @@ def plan_accuracy_heldout(arrays, plan: Plan) -> np.ndarray:
 def report(args):
     from ttsplan.measure.schema import load_task_profile
     from ttsplan.planning.task_arrays import load_task_arrays
-    summary = {"tasks": {}}
+    summary, dates = {"tasks": {}}, []
     for task, (_, _, heldout, _) in TASKS.items():
         indexes = {card: OUT / f"{tag(task, card)}-plans.json" for card in CARDS}
         indexes = {card: path for card, path in indexes.items() if path.exists()}
@@ -154,10 +155,11 @@ def report(args):
             continue
         graded = load_task_profile(heldout / "task.yaml")
         arrays = load_task_arrays(graded, heldout / "task.yaml")
+        dates.append(graded.date)
         for card, index_path in indexes.items():
             summary["tasks"][tag(task, card)] = report_task(task, card, json.loads(index_path.read_text()),
                                                             arrays, graded.date, Path(args.runs))
-    summary["date"] = max(row["date"] for rows in summary["tasks"].values() for row in rows)
+    summary["date"] = max(dates + [row["date"] for rows in summary["tasks"].values() for row in rows])
     (OUT / "summary.json").write_text(json.dumps(summary, indent=1))
 
 

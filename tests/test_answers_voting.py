@@ -9,9 +9,14 @@ import math
 
 import numpy as np
 import pytest
+from math_verify import verify
 
-from ttsplan.answers import extract_answer, group_answers, is_correct, stated_answers
-from ttsplan.voting import VOTE_RULES, WINDOW, branch_weight, vote, weights_by_length
+import ttsplan.answers as answers_module
+from ttsplan.answers import (AnswerMemo, clearly_apart, extract_answer, group_answers, huge, is_correct, parse_answer,
+                             same_answer, stated_answers)
+from ttsplan.engine.generate import Branch
+from ttsplan.execute.runner import VoteWatch
+from ttsplan.voting import VOTE_RULES, WINDOW, branch_weight, decided, vote, weight_bound, weights_by_length
 
 # (task, branch text, finished by EOS, gold, extracted answer, correct, an equivalent spelling)
 CASES = [
@@ -182,7 +187,6 @@ def test_confident_branches_outweigh_unsure_ones():
 def test_answers_too_large_to_evaluate_are_compared_as_written():
     """A power with an astronomically large exponent is not handed to math-verify (whose timeout cannot
     interrupt big-integer arithmetic; this comparison would not end): equal only as written."""
-    from ttsplan.answers import huge, parse_answer, same_answer
     tower, big = parse_answer("2^{100 \\cdot 2^{99}}", "math"), parse_answer("10^{10^{10}}", "math")
     assert huge(tower) and huge(big) and not huge(parse_answer("2^{250}", "math"))
     assert not same_answer(parse_answer("2^{250}", "math"), tower, "math")
@@ -191,7 +195,7 @@ def test_answers_too_large_to_evaluate_are_compared_as_written():
 
 
 # One MATH-500 request's answers (test/precalculus/990, 27 branches on the H100, 2026-12-07): 19
-# spellings, two of them equal, the kind of list whose regrouping at each finish cost 33 s.
+# spellings, two of them equal, the kind of list whose regrouping at each finish cost 33-44 s.
 REQUEST_ANSWERS = ["\\frac{4 + 3\\sqrt{2}}{2} - \\frac{5\\sqrt{2}}{2}i", "4 - \\frac{3\\sqrt{2}}{2} - 4i\\sqrt{2}",
                    "\\sqrt{2}(1 - i)", "-\\frac{\\sqrt{2}}{2}", "6 - 5i", "\\sqrt{2} - \\sqrt{2}i", None,
                    "1 - 2\\sqrt{2} - 2\\sqrt{2}i", "6-5i", "-\\frac{5 + 4\\sqrt{2}}{2}", "\\frac{\\sqrt{2}}{1}(1-i)"]
@@ -200,8 +204,6 @@ REQUEST_ANSWERS = ["\\frac{4 + 3\\sqrt{2}}{2} - \\frac{5\\sqrt{2}}{2}i", "4 - \\
 def test_a_memo_groups_as_from_scratch_and_verifies_each_pair_once(monkeypatch):
     """Regrouping a growing list with one memo (as the executor does at each finish) gives the classes
     of grouping from scratch, and asks math-verify about each pair of spellings at most once."""
-    import ttsplan.answers as answers_module
-    from ttsplan.answers import AnswerMemo, same_answer
     asked = []
     monkeypatch.setattr(answers_module, "same_answer", lambda a, b, task: asked.append(1) or same_answer(a, b, task))
     memo = AnswerMemo("math")
@@ -227,9 +229,6 @@ def test_early_stop_asks_what_the_full_tally_would_answer_and_groups_only_when_i
     """VoteWatch.decided, as branches finish one at a time in a random order, equals voting.decided on
     the full tally every time; while the finished weight cannot outweigh what is pending, no answer is
     read or compared."""
-    from ttsplan.engine.generate import Branch
-    from ttsplan.execute.runner import VoteWatch
-    from ttsplan.voting import decided, weight_bound
     rng = np.random.default_rng(seed)
     picks = rng.choice([0, 2, 4, 5, 8, 9], size=12, p=[0.1, 0.3, 0.3, 0.1, 0.1, 0.1])
     branches = [Branch(tokens=[int(t)], logprobs=(-rng.exponential(0.3, 3)).tolist(), confidences=[1.0] * 3)
@@ -237,7 +236,7 @@ def test_early_stop_asks_what_the_full_tally_would_answer_and_groups_only_when_i
     watch, order = VoteWatch(AnswerTokenizer, "mean-logprob", "math"), rng.permutation(len(branches))
     for n, i in enumerate(order):
         branches[i].finish = "eos"
-        pending = [weight_bound(np.exp(np.cumsum(b.logprobs) / np.arange(1, 4)), "mean-logprob")
+        pending = [weight_bound(weights_by_length(b.logprobs, b.confidences, "mean-logprob"), "mean-logprob")
                    for b in branches if not b.finish]
         full = decided([t.weight for t in VoteWatch(AnswerTokenizer, "mean-logprob", "math").tally(branches)[1]],
                        pending)
@@ -247,12 +246,10 @@ def test_early_stop_asks_what_the_full_tally_would_answer_and_groups_only_when_i
     assert watch.texts and full
 
 
-def test_the_plain_value_shortcut_never_parts_what_math_verify_joins():
+def test_the_value_at_a_point_shortcut_never_parts_what_math_verify_joins():
     """clearly_apart (values at one point differ) is never true of two spellings math-verify calls equal:
     every equivalent pair of CASES and the equal classes of one real request; and it does part most of
     that request's different pairs, which then never reach math-verify."""
-    from ttsplan.answers import clearly_apart, parse_answer
-    from math_verify import verify
     joined = [(c[4], c[6]) for c in CASES if c[0] != "gsm8k" and c[6] is not None and c[4] is not None]
     joined += [("6 - 5i", "6-5i"), ("\\sqrt{2}(1 - i)", "\\sqrt{2} - \\sqrt{2}i"), ("50\\%", "0.5"),
                ("x = 5", "5"), ("\\frac{1}{3}", "0.333333"), ("2p + q", "q + 2p")]
