@@ -60,8 +60,10 @@ head-to-head)
     ;;
 head-to-head-math)  # the MATH-500 plans, one request at a time on the first 40 (held-out samples: earlier)
     bash benchmarks/gpu_job.sh setup
-    while [ "$(ls $C/pieces/q05.* 2>/dev/null | wc -l)" -lt "${Q05_PIECES:-9}" ]; do sleep 2; done
-    echo "=== pull 0.5b $(date +%T)"; join q05 qwen2.5-coder-0.5b $GGUF05
+    if [ "${Q05_PIECES:-9}" -gt 0 ]; then  # Q05_PIECES=0: no draft (H2H_ONLY names no draft plan)
+        while [ "$(ls $C/pieces/q05.* 2>/dev/null | wc -l)" -lt "${Q05_PIECES:-9}" ]; do sleep 2; done
+        echo "=== pull 0.5b $(date +%T)"; join q05 qwen2.5-coder-0.5b $GGUF05
+    fi
     echo "=== runs $(date +%T)"
     python benchmarks/head_to_head.py run --task math500 --card "$(card)" --limit "${H2H_LIMIT:-40}" --only "${H2H_ONLY:-}" --device cuda --out $C/out
     touch $C/done
