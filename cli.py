@@ -135,10 +135,7 @@ def profile(
     dev = check_device(device)
     branch_axis = tuple(int(b) for b in branches.split(",")) if branches else None
     if backend == "vllm":
-        with progress_bar() as progress:
-            on_task = task_reporter(progress, progress.add_task("vLLM step costs", total=None), "vLLM step costs")
-            console.print(f"device profile: {profile_vllm_device(model, draft, dev, quick, out_dir, on_task, branch_axis)}")
-        return
+        return profile_vllm(model, draft, dev, quick, out_dir, branch_axis)
     with console.status(f"loading {random_weights or model}"):
         models = load_models(model, random_weights, draft, dev)
     name = random_weights or model
@@ -152,6 +149,13 @@ def profile(
     if dataset:
         sample_task(models, dataset, offset, limit, n_max, max_new_tokens, temperature, top_p,
                     task_profile_dir(out_dir, name, dataset, dev), rows, samples_only)
+
+
+def profile_vllm(model: str, draft, dev, quick: bool, out_dir: Path, branch_axis) -> None:
+    """`profile --backend vllm`: vLLM's step costs (a device profile for a vLLM deployment)."""
+    with progress_bar() as progress:
+        on_task = task_reporter(progress, progress.add_task("vLLM step costs", total=None), "vLLM step costs")
+        console.print(f"device profile: {profile_vllm_device(model, draft, dev, quick, out_dir, on_task, branch_axis)}")
 
 
 def sample_task(models, dataset: str, offset: int, limit: int, n_max: int, max_new_tokens: int, temperature: float,
@@ -234,8 +238,7 @@ def run(
     dataset: str = typer.Option(None, help="gsm8k or math500 (test sets; or a train split): run its problems instead"),
     limit: int = typer.Option(10, help="with --dataset: how many problems"),
     offset: int = typer.Option(0, help="with --dataset: first problem index"),
-    plan_file: Path = typer.Option(None, "--plan", help="a plan from `ttsplan optimize` (its settings replace "
-                                                        "the flags below)"),
+    plan_file: Path = typer.Option(None, "--plan", help="a plan from `ttsplan optimize` (replaces the flags below)"),
     force: bool = typer.Option(False, help="run a plan made for another device or model shape"),
     model: str = typer.Option(DEFAULT_MODEL, help="a registered model name or a local Hugging Face folder"),
     branches: int = typer.Option(8, "--branches", "-n", help="parallel branches sharing the prompt"),
@@ -247,18 +250,15 @@ def run(
     max_new_tokens: int = typer.Option(512, "--max-new-tokens", help="the length cap per branch"),
     seed: int = typer.Option(0),
     device: str = typer.Option("cpu", help="cpu or cuda"),
-    random_weights: str = typer.Option(None, "--random-weights",
-                                       help="time a random-weight model of a shipped shape (qwen2.5-0.5b/1.5b/3b/7b) "
-                                            "or a config.json on a random prompt; no answer"),
+    random_weights: str = typer.Option(None, "--random-weights", help="time a random-weight shipped shape "
+                                       "(qwen2.5-0.5b/1.5b/3b/7b) or a config.json on a random prompt; no answer"),
     prompt_len: int = typer.Option(512, "--prompt-len", help="with --random-weights: prompt tokens"),
     lengths_from: Path = typer.Option(None, "--lengths-from", help="with --random-weights: a task profile; each "
                                                                     "branch runs to a length drawn from it"),
-    draft: str = typer.Option(None, help="draft model for speculative decoding (shares the target's tokenizer); "
-                                         "with --random-weights, a shipped shape"),
+    draft: str = typer.Option(None, help="draft model for speculative decoding (the target's tokenizer), or a shape"),
     draft_len: int = typer.Option(4, "--draft-len", "-k", help="with --draft: tokens proposed per round"),
-    acceptance: str = typer.Option(None, help="with --random-weights --draft: draw acceptance from this rate per "
-                                              "position, or from a task profile's measured rates"),
-    results: Path = typer.Option(None, help="with --dataset: results file (default under TTSPLAN_HOME/runs)"),
+    acceptance: str = typer.Option(None, help="with --random-weights --draft: a rate per position or a task profile"),
+    results: Path = typer.Option(None, help="with --dataset: results file (default: under TTSPLAN_HOME/runs)"),
     backend: str = typer.Option("relay", help="relay (ttsplan's engine) or vllm"),
     tensor_parallel_size: int = typer.Option(1, "--tensor-parallel-size", help="with --backend vllm"),
     pipeline_parallel_size: int = typer.Option(1, "--pipeline-parallel-size", help="with --backend vllm"),
@@ -282,9 +282,14 @@ def run(
         peak_bw = copy_bandwidth(torch.device(device))
     if question is not None:
         return answer_one(solver, question, plan, peak_bw)
-    out = results or default_results_path(plan)
+    answer_dataset(solver, problems, plan, results or default_results_path(plan))
+
+
+def answer_dataset(solver, problems, plan: Plan, out: Path) -> None:
+    """`run --dataset`: the problems one request at a time into a resumable results file, then the
+    accuracy and the latency, each beside the plan's prediction."""
     with progress_bar() as progress:
-        task = progress.add_task(dataset, total=len(problems))
+        task = progress.add_task(plan.dataset, total=len(problems))
         rows = run_dataset(solver, problems, out, plan.dataset, on_problem=lambda p: progress.advance(task))
     console.print(dataset_table(rows, plan), run_summary_table(rows, plan, plan.predicted or None))
     console.print(f"results: {out}")
