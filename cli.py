@@ -255,7 +255,7 @@ def run(
     prompt_len: int = typer.Option(512, "--prompt-len", help="with --random-weights: prompt tokens"),
     lengths_from: Path = typer.Option(None, "--lengths-from", help="with --random-weights: a task profile; each "
                                                                     "branch runs to a length drawn from it"),
-    draft: str = typer.Option(None, help="draft model for speculative decoding (the target's tokenizer), or a shape"),
+    draft: str = typer.Option(None, help="draft model sharing the target's tokenizer; with --random-weights, a shape"),
     draft_len: int = typer.Option(4, "--draft-len", "-k", help="with --draft: tokens proposed per round"),
     acceptance: str = typer.Option(None, help="with --random-weights --draft: a rate per position or a task profile"),
     results: Path = typer.Option(None, help="with --dataset: results file (default: under TTSPLAN_HOME/runs)"),

@@ -105,9 +105,9 @@ def run_plans(args):
     from ttsplan.execute.runner import solve
     index = json.loads((OUT / f"{tag(args.task, args.card)}-plans.json").read_text())
     chosen = {b["plans"]["chosen"]["plan"] for b in index["budgets"]}
+    # the chosen plans first: device time may run out before the baselines
     plans = sorted((OUT / "plans" / tag(args.task, args.card)).glob("*.yaml"), key=lambda p: (p.stem not in chosen, p.stem))
     only = set(args.only.split(",")) - {""}
-    # the chosen plans first: device time may run out before the baselines
     plans = [Plan.load(p) for p in plans if not only or p.stem in only]
     problems = load_problems(args.task, args.limit, 0)
     warm_up = load_problems(args.task, 1, args.limit)[0]  # not one of the timed problems
