@@ -15,7 +15,8 @@
 #                 run one request at a time on the first 40 (benchmarks/head_to_head.py run)
 #   head-to-head-math  the 1.5b and the 0.5b draft; every MATH-500 plan for this card (H200 or H100) run on
 #                 the first $H2H_LIMIT problems (40); $H2H_ONLY: only these plans (comma-separated stems)
-# The GGUF pieces are `split -b 58000000` of the assembled files, named q15.NN and q05.NN.  The job runs
+# The GGUF pieces are `split -b 58000000` of the assembled files, named q15.NN and q05.NN
+# (benchmarks/make_pieces.sh builds all of pieces/ on the CPU machine).  The job runs
 # from a copy of the repository: each device call re-syncs the working tree, and a job started from it
 # saw a module missing mid-sync (2026-12-02).
 set -u
